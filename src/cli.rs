@@ -1,0 +1,456 @@
+//! The command line: argument parsing and human or JSON output. Each command is a thin shell
+//! around a library function, so the daemon can call the same functions later.
+//!
+//! Exit codes: 0 = done / up to date; 1 = the database is not where it should be (pending or
+//! blocked migrations, a failed migration, a lock held elsewhere); 2 = sluice could not do its
+//! job (bad config or arguments, unreachable database).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use comfy_table::{presets, Table};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::apply::{self, ApplyOptions, Context, Observer, Resolution, State, Status};
+use crate::config::{Environment, Project};
+use crate::error::{Error, Result};
+use crate::migrations::classify::TxMode;
+use crate::migrations::{self, MigrationSet};
+use crate::target::{self, Target};
+
+/// sluice applies and guards schema migrations, Prisma-compatible, on PostgreSQL and SQLite.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    /// Project directory (holding sluice.toml and environments/).
+    #[arg(long, global = true, env = "SLUICE_PROJECT", default_value = ".")]
+    pub project: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// sluice's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show applied, pending, failed, edited and missing migrations (exit 0 when up to date).
+    Status(StatusArgs),
+    /// Apply pending migrations in order.
+    Apply(ApplyArgs),
+    /// Record a decision about a failed, edited or missing migration.
+    Resolve(ResolveArgs),
+}
+
+/// `sluice status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Environment name (a file in environments/).
+    #[arg(long)]
+    pub env: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sluice apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Environment name (a file in environments/).
+    #[arg(long)]
+    pub env: String,
+    /// Apply up to and including this migration.
+    #[arg(long, value_name = "NAME")]
+    pub to: Option<String>,
+    /// Show what would run; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Retry a failed migration: transactional ones from the start, statement-by-statement ones
+    /// from their first uncommitted statement.
+    #[arg(long)]
+    pub resume: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sluice resolve`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["applied", "rolled_back"])))]
+pub struct ResolveArgs {
+    /// Environment name (a file in environments/).
+    #[arg(long)]
+    pub env: String,
+    /// Mark NAME applied (completed by hand, or its edited file accepted as is).
+    #[arg(long, value_name = "NAME")]
+    pub applied: Option<String>,
+    /// Mark NAME's failed attempt rolled back (it runs again on the next apply), or record that
+    /// a migration missing from the directory was removed on purpose.
+    #[arg(long, value_name = "NAME")]
+    pub rolled_back: Option<String>,
+    /// Why: recorded with the decision.
+    #[arg(long)]
+    pub reason: String,
+    /// Who decided (default: $SLUICE_ACTOR, else $USER).
+    #[arg(long)]
+    pub by: Option<String>,
+}
+
+/// Parses the command line, runs the command and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(exit_code_of(&err))
+        }
+    }
+}
+
+fn exit_code_of(err: &Error) -> u8 {
+    match err {
+        Error::Guard(_) | Error::Migration(_) | Error::Lock(_) => 1,
+        _ => 2,
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs one parsed command; returns the exit code for outcomes that are not errors.
+pub async fn run(cli: Cli) -> Result<u8> {
+    let project = Project::load(&cli.project)?;
+    match cli.command {
+        Command::Status(args) => status(&project, args).await,
+        Command::Apply(args) => apply_cmd(&project, args).await,
+        Command::Resolve(args) => resolve(&project, args).await,
+    }
+}
+
+struct Loaded {
+    env: Environment,
+    set: MigrationSet,
+    target: Box<dyn Target>,
+}
+
+async fn load(project: &Project, env_name: &str) -> Result<Loaded> {
+    let env = project.environment(env_name)?;
+    let set = migrations::discover(&project.migrations_dir)?;
+    let target = target::connect(&env).await?;
+    Ok(Loaded { env, set, target })
+}
+
+async fn status(project: &Project, args: StatusArgs) -> Result<u8> {
+    let mut loaded = load(project, &args.env).await?;
+    let ctx = Context::new(&loaded.env, &loaded.set, loaded.target.as_ref())?;
+    let status = apply::status(loaded.target.as_mut(), &ctx).await?;
+    loaded.target.close().await?;
+    if args.json {
+        let doc = serde_json::json!({
+            "environment": ctx.env.name,
+            "engine": ctx.history.engine,
+            "history_table": ctx.history.name(),
+            "up_to_date": status.is_up_to_date(),
+            "status": status,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        print_status(&ctx, &status);
+    }
+    Ok(if status.is_up_to_date() { 0 } else { 1 })
+}
+
+fn print_status(ctx: &Context<'_>, status: &Status) {
+    let states = [
+        (State::Applied, "applied"),
+        (State::Pending, "pending"),
+        (State::Failed, "failed"),
+        (State::Interrupted, "interrupted"),
+        (State::Edited, "edited"),
+        (State::Missing, "missing"),
+    ];
+    let summary: Vec<String> = states
+        .iter()
+        .filter_map(|(s, label)| {
+            let n = status.count(*s);
+            (n > 0).then(|| format!("{n} {label}"))
+        })
+        .collect();
+    println!(
+        "environment `{}` ({:?}, history table {}): {}",
+        ctx.env.name,
+        ctx.history.engine,
+        ctx.history.name(),
+        if summary.is_empty() {
+            "no migrations".to_string()
+        } else {
+            summary.join(", ")
+        }
+    );
+    let mut table = Table::new();
+    table.load_preset(presets::NOTHING);
+    table.set_header(vec!["state", "migration", "finished", "note"]);
+    for e in &status.entries {
+        let label = states
+            .iter()
+            .find(|(s, _)| *s == e.state)
+            .map(|(_, l)| *l)
+            .unwrap_or("?");
+        let note = match e.state {
+            State::Edited => format!(
+                "recorded {} ≠ file {}",
+                short(e.recorded_checksum.as_deref()),
+                short(e.file_checksum.as_deref())
+            ),
+            State::Failed | State::Interrupted => {
+                let mut note = e
+                    .error
+                    .as_deref()
+                    .and_then(|t| t.lines().nth(1).or_else(|| t.lines().next()))
+                    .unwrap_or("")
+                    .to_string();
+                if let Some(p) = &e.progress {
+                    note = format!("{}/{} statements committed. {note}", p.done, p.total);
+                }
+                note
+            }
+            State::Pending if e.out_of_order => "older than the last applied migration".into(),
+            _ => String::new(),
+        };
+        table.add_row(vec![
+            label.to_string(),
+            e.name.clone(),
+            e.finished_at
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default(),
+            note,
+        ]);
+    }
+    if !status.entries.is_empty() {
+        println!("{table}");
+    }
+}
+
+fn short(checksum: Option<&str>) -> String {
+    checksum
+        .map(|c| c.chars().take(12).collect())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Progress output: a bar on a terminal, plain lines elsewhere (CI logs, pipes).
+struct CliObserver {
+    bar: Option<ProgressBar>,
+    current: Mutex<String>,
+}
+
+impl CliObserver {
+    fn new(json: bool) -> CliObserver {
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {elapsed} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        CliObserver {
+            bar,
+            current: Mutex::new(String::new()),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+}
+
+impl Observer for CliObserver {
+    fn planned(&self, names: &[String]) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(names.len() as u64);
+        }
+    }
+
+    fn migration_started(&self, name: &str, mode: TxMode, resume_at: Option<usize>) {
+        if let Ok(mut current) = self.current.lock() {
+            *current = name.to_string();
+        }
+        let how = match mode {
+            TxMode::Transactional => "one transaction",
+            TxMode::SelfTransacting => "its own transactions",
+            TxMode::NonTransactional => "statement by statement",
+        };
+        let resumed = resume_at
+            .map(|i| format!(", resuming at statement {}", i + 1))
+            .unwrap_or_default();
+        match &self.bar {
+            Some(bar) => bar.set_message(name.to_string()),
+            None => eprintln!("applying {name} ({how}{resumed})"),
+        }
+        if self.bar.is_some() && !resumed.is_empty() {
+            self.line(&format!("{name}: {}", resumed.trim_start_matches(", ")));
+        }
+    }
+
+    fn statement_started(&self, name: &str, index: usize, total: usize) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("{name} (statement {}/{total})", index + 1));
+        }
+    }
+
+    fn migration_finished(&self, name: &str, elapsed: Duration) {
+        match &self.bar {
+            Some(bar) => bar.inc(1),
+            None => eprintln!("applied {name} in {} ms", elapsed.as_millis()),
+        }
+    }
+
+    fn note(&self, message: &str) {
+        self.line(message);
+    }
+}
+
+impl Drop for CliObserver {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+async fn apply_cmd(project: &Project, args: ApplyArgs) -> Result<u8> {
+    let mut loaded = load(project, &args.env).await?;
+    let ctx = Context::new(&loaded.env, &loaded.set, loaded.target.as_ref())?;
+    let opts = ApplyOptions {
+        to: args.to.clone(),
+        dry_run: args.dry_run,
+        resume_failed: args.resume,
+        run_id: uuid::Uuid::new_v4().to_string(),
+    };
+    let observer = CliObserver::new(args.json);
+    let result = apply::apply(loaded.target.as_mut(), &ctx, &opts, &observer).await;
+    drop(observer);
+    let closed = loaded.target.close().await;
+    let outcome = result?;
+    closed?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "environment": ctx.env.name,
+                "dry_run": args.dry_run,
+                "plan": outcome.plan,
+                "applied": outcome.applied,
+            }))
+            .unwrap_or_default()
+        );
+    } else if args.dry_run {
+        if outcome.plan.is_empty() {
+            println!("`{}` is up to date; nothing would run", ctx.env.name);
+        } else {
+            println!("would apply to `{}`:", ctx.env.name);
+            for p in &outcome.plan {
+                let how = match p.mode {
+                    TxMode::Transactional => "one transaction".to_string(),
+                    _ => format!(
+                        "statement by statement: {}",
+                        p.reason.as_deref().unwrap_or("")
+                    ),
+                };
+                let resume = if p.resume_at > 0 {
+                    format!(", resuming at statement {}", p.resume_at + 1)
+                } else {
+                    String::new()
+                };
+                println!("  {}  ({} statements, {how}{resume})", p.name, p.statements);
+            }
+        }
+    } else if outcome.applied.is_empty() {
+        println!("`{}` is up to date; nothing to apply", ctx.env.name);
+    } else {
+        println!(
+            "applied {} migration{} to `{}`",
+            outcome.applied.len(),
+            if outcome.applied.len() == 1 { "" } else { "s" },
+            ctx.env.name
+        );
+    }
+    Ok(0)
+}
+
+async fn resolve(project: &Project, args: ResolveArgs) -> Result<u8> {
+    let resolution = match (args.applied, args.rolled_back) {
+        (Some(name), None) => Resolution::Applied(name),
+        (None, Some(name)) => Resolution::RolledBack(name),
+        _ => {
+            return Err(Error::Usage(
+                "give exactly one of --applied NAME or --rolled-back NAME".into(),
+            ))
+        }
+    };
+    if args.reason.trim().is_empty() {
+        return Err(Error::Usage("--reason must say why".into()));
+    }
+    let actor = args
+        .by
+        .or_else(|| std::env::var("SLUICE_ACTOR").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    let mut loaded = load(project, &args.env).await?;
+    let ctx = Context::new(&loaded.env, &loaded.set, loaded.target.as_ref())?;
+    let result = apply::resolve(
+        loaded.target.as_mut(),
+        &ctx,
+        &resolution,
+        &actor,
+        args.reason.trim(),
+    )
+    .await;
+    let closed = loaded.target.close().await;
+    let message = result?;
+    closed?;
+    println!("{message}");
+    Ok(0)
+}

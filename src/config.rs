@@ -1,0 +1,436 @@
+//! Reading `sluice.toml` and `environments/<name>.toml` into typed, validated structs.
+//!
+//! Every error names the file, the line and the key, because a deploy tool that says "invalid
+//! config" at 6 pm is worse than none.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+
+/// Name of the project file at the project's root.
+pub const PROJECT_FILE: &str = "sluice.toml";
+/// Folder, beside `sluice.toml`, holding one file per environment.
+pub const ENVIRONMENTS_DIR: &str = "environments";
+
+/// The project as described by `sluice.toml`: where migrations and local state live.
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// Folder holding `sluice.toml`; relative paths in config are resolved against it.
+    pub root: PathBuf,
+    /// The migrations directory.
+    pub migrations_dir: PathBuf,
+    /// Where sluice keeps local state (SQLite files of the example, later the store).
+    pub state_dir: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    migrations: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
+}
+
+/// Which history table records applied migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryMode {
+    /// Prisma's own `_prisma_migrations`, so `prisma migrate status` agrees with sluice.
+    Prisma,
+    /// sluice's `_sluice_migrations`, which also records runs and who resolved what.
+    Sluice,
+}
+
+impl fmt::Display for HistoryMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HistoryMode::Prisma => "prisma",
+            HistoryMode::Sluice => "sluice",
+        })
+    }
+}
+
+/// Where an environment's database URL comes from; secrets never sit in the file itself.
+#[derive(Debug, Clone)]
+pub enum UrlSource {
+    /// Inline in the file: allowed only for `sqlite:` URLs, which hold no secret.
+    Inline(String),
+    /// The named environment variable.
+    Env(String),
+    /// The first line of the named file.
+    File(PathBuf),
+}
+
+/// One environment: a target database and how sluice treats it.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// The environment's name (its file name without `.toml`).
+    pub name: String,
+    /// The file it was read from, for messages.
+    pub file: PathBuf,
+    /// Where the database URL comes from.
+    pub url_source: UrlSource,
+    /// How long to wait for locks: the migration lock and, on the server, each DDL lock.
+    pub lock_timeout: Duration,
+    /// Server-side limit for one statement; zero means none.
+    pub statement_timeout: Duration,
+    /// The history table, when the file chooses one; otherwise the directory's layout decides.
+    pub history: Option<HistoryMode>,
+    project_root: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvironment {
+    url: Option<Spanned<String>>,
+    url_env: Option<Spanned<String>>,
+    url_file: Option<Spanned<String>>,
+    lock_timeout: Option<Spanned<String>>,
+    statement_timeout: Option<Spanned<String>>,
+    history: Option<Spanned<HistoryMode>>,
+}
+
+/// Default wait for the migration lock and for DDL locks on the server.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Position-aware error builder for one TOML file.
+struct FileContext<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl FileContext<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn at<T>(&self, key: &str, value: &Spanned<T>, message: impl fmt::Display) -> Error {
+        Error::Config(format!(
+            "{}:{}: key `{key}`: {message}",
+            self.path.display(),
+            self.line_of(value.span().start)
+        ))
+    }
+
+    fn parse_error(&self, err: toml::de::Error) -> Error {
+        let line = err.span().map(|s| self.line_of(s.start));
+        let key = line.and_then(|l| {
+            let text = self.text.lines().nth(l - 1)?;
+            let (key, _) = text.split_once('=')?;
+            let key = key.trim();
+            (!key.is_empty() && !key.starts_with('[')).then(|| key.to_string())
+        });
+        let message = err.message().trim().to_string();
+        Error::Config(match (line, key) {
+            (Some(l), Some(k)) => format!("{}:{l}: key `{k}`: {message}", self.path.display()),
+            (Some(l), None) => format!("{}:{l}: {message}", self.path.display()),
+            _ => format!("{}: {message}", self.path.display()),
+        })
+    }
+
+    fn duration(&self, key: &str, value: &Option<Spanned<String>>) -> Result<Option<Duration>> {
+        let Some(value) = value else { return Ok(None) };
+        humantime::parse_duration(value.get_ref().trim())
+            .map(Some)
+            .map_err(|e| {
+                self.at(
+                    key,
+                    value,
+                    format!(
+                        "`{}` is not a duration ({e}); write e.g. \"10s\", \"2m\" or \"500ms\"",
+                        value.get_ref()
+                    ),
+                )
+            })
+    }
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+impl Project {
+    /// Loads `sluice.toml` from `root`. A missing file means the defaults: `migrations/` and
+    /// `.sluice/`, so a directory of migrations works without ceremony.
+    pub fn load(root: &Path) -> Result<Project> {
+        let path = root.join(PROJECT_FILE);
+        let raw = if path.exists() {
+            let text = read(&path)?;
+            let ctx = FileContext {
+                path: &path,
+                text: &text,
+            };
+            toml::from_str::<RawProject>(&text).map_err(|e| ctx.parse_error(e))?
+        } else {
+            RawProject {
+                migrations: None,
+                state_dir: None,
+            }
+        };
+        let resolve = |v: Option<Spanned<String>>, default: &str| {
+            let p = v.map(|s| s.into_inner()).unwrap_or_else(|| default.into());
+            root.join(p)
+        };
+        Ok(Project {
+            root: root.to_path_buf(),
+            migrations_dir: resolve(raw.migrations, "migrations"),
+            state_dir: resolve(raw.state_dir, ".sluice"),
+        })
+    }
+
+    /// The names of all environments, sorted.
+    pub fn environment_names(&self) -> Result<Vec<String>> {
+        let dir = self.root.join(ENVIRONMENTS_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+                if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                    names.push(stem.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Loads and validates one environment; an unknown name lists the known ones.
+    pub fn environment(&self, name: &str) -> Result<Environment> {
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let path = self
+            .root
+            .join(ENVIRONMENTS_DIR)
+            .join(format!("{name}.toml"));
+        if !valid_name || !path.exists() {
+            let known = self.environment_names()?;
+            return Err(Error::Config(format!(
+                "unknown environment `{name}`: no file {}; known environments: {}",
+                path.display(),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        let text = read(&path)?;
+        Environment::parse(name, &path, &text, &self.root)
+    }
+}
+
+impl Environment {
+    /// Parses one environment file's text; `path` is used for messages only.
+    pub fn parse(name: &str, path: &Path, text: &str, project_root: &Path) -> Result<Environment> {
+        let ctx = FileContext { path, text };
+        let raw: RawEnvironment = toml::from_str(text).map_err(|e| ctx.parse_error(e))?;
+        let given: Vec<&str> = [
+            raw.url.as_ref().map(|_| "url"),
+            raw.url_env.as_ref().map(|_| "url_env"),
+            raw.url_file.as_ref().map(|_| "url_file"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if given.len() > 1 {
+            return Err(Error::Config(format!(
+                "{}: keys {} are exclusive: give exactly one source for the database URL",
+                path.display(),
+                given
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            )));
+        }
+        let url_source = if let Some(url) = raw.url {
+            if !url.get_ref().starts_with("sqlite:") {
+                return Err(ctx.at(
+                    "url",
+                    &url,
+                    "inline URLs are allowed only for `sqlite:` databases; put the URL in an \
+                     environment variable (`url_env = \"VAR\"`) or a file (`url_file = \"path\"`) \
+                     so no password lands in the repository",
+                ));
+            }
+            UrlSource::Inline(url.into_inner())
+        } else if let Some(var) = raw.url_env {
+            if var.get_ref().trim().is_empty() {
+                return Err(ctx.at("url_env", &var, "must name an environment variable"));
+            }
+            UrlSource::Env(var.into_inner())
+        } else if let Some(file) = raw.url_file {
+            UrlSource::File(project_root.join(file.get_ref()))
+        } else {
+            return Err(Error::Config(format!(
+                "{}: no database URL: set `url_env = \"VAR\"`, `url_file = \"path\"`, or for \
+                 SQLite `url = \"sqlite:path\"`",
+                path.display()
+            )));
+        };
+        let lock_timeout = ctx
+            .duration("lock_timeout", &raw.lock_timeout)?
+            .unwrap_or(DEFAULT_LOCK_TIMEOUT);
+        let statement_timeout = ctx
+            .duration("statement_timeout", &raw.statement_timeout)?
+            .unwrap_or(Duration::ZERO);
+        Ok(Environment {
+            name: name.to_string(),
+            file: path.to_path_buf(),
+            url_source,
+            lock_timeout,
+            statement_timeout,
+            history: raw.history.map(Spanned::into_inner),
+            project_root: project_root.to_path_buf(),
+        })
+    }
+
+    /// Resolves the database URL now, from the variable or file the config names. Relative
+    /// SQLite paths are taken from the project's root, not from the working directory.
+    pub fn database_url(&self) -> Result<String> {
+        let url = match &self.url_source {
+            UrlSource::Inline(url) => url.clone(),
+            UrlSource::Env(var) => std::env::var(var).map_err(|_| {
+                Error::Config(format!(
+                    "{}: key `url_env`: environment variable `{var}` is not set",
+                    self.file.display()
+                ))
+            })?,
+            UrlSource::File(path) => read(path)?
+                .lines()
+                .next()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "{}: key `url_file`: {} is empty",
+                        self.file.display(),
+                        path.display()
+                    ))
+                })?,
+        };
+        Ok(match url.strip_prefix("sqlite:") {
+            Some(rest) => {
+                let rest = rest.strip_prefix("//").unwrap_or(rest);
+                let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+                let path = if path == ":memory:" || Path::new(path).is_absolute() {
+                    PathBuf::from(path)
+                } else {
+                    self.project_root.join(path)
+                };
+                let mut resolved = format!("sqlite://{}", path.display());
+                if !query.is_empty() {
+                    resolved.push('?');
+                    resolved.push_str(query);
+                }
+                resolved
+            }
+            None => url,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Environment> {
+        Environment::parse(
+            "dev",
+            Path::new("environments/dev.toml"),
+            text,
+            Path::new("/p"),
+        )
+    }
+
+    #[test]
+    fn a_full_environment_parses() {
+        let env = parse(
+            "url_env = \"DEV_URL\"\nlock_timeout = \"3s\"\nstatement_timeout = \"1m\"\nhistory = \"sluice\"\n",
+        )
+        .unwrap();
+        assert!(matches!(env.url_source, UrlSource::Env(ref v) if v == "DEV_URL"));
+        assert_eq!(env.lock_timeout, Duration::from_secs(3));
+        assert_eq!(env.statement_timeout, Duration::from_secs(60));
+        assert_eq!(env.history, Some(HistoryMode::Sluice));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let err = parse("url_env = \"X\"\n\nhistory = \"prism\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("environments/dev.toml:3: key `history`"),
+            "{err}"
+        );
+        let err = parse("url_env = \"X\"\nlock_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("environments/dev.toml:2: key `lock_timeout`"),
+            "{err}"
+        );
+        let err = parse("url_env = \"X\"\nurl_evn = \"Y\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":2:") && err.contains("url_evn"), "{err}");
+        let err = parse("url_env = \n").unwrap_err().to_string();
+        assert!(err.starts_with("environments/dev.toml:1"), "{err}");
+    }
+
+    #[test]
+    fn inline_postgres_urls_are_refused() {
+        let err = parse("\nurl = \"postgres://u:p@h/db\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dev.toml:2: key `url`"), "{err}");
+        assert!(
+            !err.contains("u:p@"),
+            "the secret must not be echoed: {err}"
+        );
+    }
+
+    #[test]
+    fn exactly_one_url_source() {
+        let err = parse("url = \"sqlite:x.db\"\nurl_env = \"X\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exclusive"), "{err}");
+        let err = parse("lock_timeout = \"1s\"\n").unwrap_err().to_string();
+        assert!(err.contains("no database URL"), "{err}");
+    }
+
+    #[test]
+    fn relative_sqlite_paths_resolve_against_the_project() {
+        let env = parse("url = \"sqlite:.sluice/dev.db?mode=rwc\"\n").unwrap();
+        assert_eq!(
+            env.database_url().unwrap(),
+            "sqlite:///p/.sluice/dev.db?mode=rwc"
+        );
+    }
+
+    #[test]
+    fn a_missing_variable_is_named() {
+        let env = parse("url_env = \"SLUICE_SURELY_UNSET_VAR\"\n").unwrap();
+        let err = env.database_url().unwrap_err().to_string();
+        assert!(err.contains("SLUICE_SURELY_UNSET_VAR"), "{err}");
+    }
+}

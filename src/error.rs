@@ -1,0 +1,173 @@
+//! The crate's error type: every failure a user can cause or meet, rendered as a message that
+//! says what went wrong, where, and what to do next.
+
+use std::fmt;
+
+/// Result alias used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can stop a sluice command. Each variant carries a message ready for a user;
+/// none of them carries a secret (URLs are redacted before they get here).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration file is missing, malformed or inconsistent.
+    #[error("{0}")]
+    Config(String),
+    /// The migrations directory cannot be read as a migration history.
+    #[error("{0}")]
+    Discovery(String),
+    /// The target's history disagrees with the directory (edited, missing or failed migrations).
+    #[error("{0}")]
+    Guard(String),
+    /// The migration lock could not be taken in time.
+    #[error("{0}")]
+    Lock(String),
+    /// A migration's SQL failed on the server.
+    #[error("{0}")]
+    Migration(Box<MigrationFailure>),
+    /// Talking to the database failed outside a migration's own SQL.
+    #[error("{context}: {message}")]
+    Database {
+        /// What sluice was doing.
+        context: String,
+        /// The driver's or server's message.
+        message: String,
+    },
+    /// The command line asked for something that cannot be done.
+    #[error("{0}")]
+    Usage(String),
+    /// A local file could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file concerned.
+        path: String,
+        /// What the operating system said.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Wraps a driver error with what sluice was doing when it happened.
+    pub fn database(context: impl Into<String>, err: impl fmt::Display) -> Self {
+        Error::Database {
+            context: context.into(),
+            message: redact_urls(&err.to_string()),
+        }
+    }
+
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: &std::path::Path, err: impl fmt::Display) -> Self {
+        Error::Io {
+            path: path.display().to_string(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// A migration that failed on the server, with everything needed to find and fix it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrationFailure {
+    /// The migration's full name.
+    pub migration: String,
+    /// The file that holds the failing SQL.
+    pub file: String,
+    /// Line and column (1-based) within the file, when the server reported a position or the
+    /// failing statement is known.
+    pub line: Option<usize>,
+    /// Column within `line`, when the server reported a position.
+    pub column: Option<usize>,
+    /// The failing statement's ordinal (1-based) when the migration ran statement by statement.
+    pub statement: Option<usize>,
+    /// SQLSTATE code, when the server sent one.
+    pub sqlstate: Option<String>,
+    /// The server's primary message.
+    pub message: String,
+    /// The server's DETAIL, if any.
+    pub detail: Option<String>,
+    /// The server's HINT, if any.
+    pub hint: Option<String>,
+    /// What state the database was left in, in words.
+    pub outcome: String,
+    /// The command that gets the user moving again.
+    pub next: String,
+}
+
+impl MigrationFailure {
+    /// The error text stored in the history row's `logs`: the same facts as the terminal report.
+    pub fn log_text(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!("Migration {} failed", self.migration));
+        if let Some(line) = self.line {
+            out.push_str(&format!(" at {}:{}", self.file, line));
+            if let Some(col) = self.column {
+                out.push_str(&format!(":{col}"));
+            }
+        }
+        if let Some(n) = self.statement {
+            out.push_str(&format!(" (statement {n})"));
+        }
+        out.push('\n');
+        match &self.sqlstate {
+            Some(code) => out.push_str(&format!("SQLSTATE {code}: {}\n", self.message)),
+            None => out.push_str(&format!("{}\n", self.message)),
+        }
+        if let Some(detail) = &self.detail {
+            out.push_str(&format!("DETAIL: {detail}\n"));
+        }
+        if let Some(hint) = &self.hint {
+            out.push_str(&format!("HINT: {hint}\n"));
+        }
+        out
+    }
+}
+
+impl fmt::Display for MigrationFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.log_text())?;
+        writeln!(f, "{}", self.outcome)?;
+        write!(f, "next: {}", self.next)
+    }
+}
+
+/// Replaces the password in anything that looks like a database URL (`scheme://user:pass@host`)
+/// so that driver messages can be shown and logged safely.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(idx) = rest.find("://") {
+        let (head, tail) = rest.split_at(idx + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '/')
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..colon]);
+                out.push_str(":***");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_urls;
+
+    #[test]
+    fn passwords_in_urls_are_hidden() {
+        assert_eq!(
+            redact_urls("cannot reach postgres://app:s3cret@db:5432/x now"),
+            "cannot reach postgres://app:***@db:5432/x now"
+        );
+        assert_eq!(
+            redact_urls("postgres://app@db/x and http://h:1/p"),
+            "postgres://app@db/x and http://h:1/p"
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! sluice: promotes database schema migrations through a ladder of environments.
+//!
+//! The library holds everything; `main.rs` only parses the command line and calls [`cli::run`].
+
+pub mod apply;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod migrations;
+pub mod target;
+pub mod testhook;
+
+pub use error::{Error, Result};
