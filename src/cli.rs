@@ -12,6 +12,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Prints a line to stdout, ignoring a closed pipe (`sluice status | head` must not panic).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 use comfy_table::{presets, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -189,7 +197,7 @@ async fn status(project: &Project, args: StatusArgs) -> Result<u8> {
             "up_to_date": status.is_up_to_date(),
             "status": status,
         });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        say!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
         print_status(&ctx, &status);
     }
@@ -212,7 +220,7 @@ fn print_status(ctx: &Context<'_>, status: &Status) {
             (n > 0).then(|| format!("{n} {label}"))
         })
         .collect();
-    println!(
+    say!(
         "environment `{}` ({:?}, history table {}): {}",
         ctx.env.name,
         ctx.history.engine,
@@ -263,7 +271,7 @@ fn print_status(ctx: &Context<'_>, status: &Status) {
         ]);
     }
     if !status.entries.is_empty() {
-        println!("{table}");
+        say!("{table}");
     }
 }
 
@@ -375,7 +383,7 @@ async fn apply_cmd(project: &Project, args: ApplyArgs) -> Result<u8> {
     let outcome = result?;
     closed?;
     if args.json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "environment": ctx.env.name,
@@ -387,9 +395,9 @@ async fn apply_cmd(project: &Project, args: ApplyArgs) -> Result<u8> {
         );
     } else if args.dry_run {
         if outcome.plan.is_empty() {
-            println!("`{}` is up to date; nothing would run", ctx.env.name);
+            say!("`{}` is up to date; nothing would run", ctx.env.name);
         } else {
-            println!("would apply to `{}`:", ctx.env.name);
+            say!("would apply to `{}`:", ctx.env.name);
             for p in &outcome.plan {
                 let how = match p.mode {
                     TxMode::Transactional => "one transaction".to_string(),
@@ -403,13 +411,18 @@ async fn apply_cmd(project: &Project, args: ApplyArgs) -> Result<u8> {
                 } else {
                     String::new()
                 };
-                println!("  {}  ({} statements, {how}{resume})", p.name, p.statements);
+                let plural = if p.statements == 1 { "" } else { "s" };
+                say!(
+                    "  {}  ({} statement{plural}, {how}{resume})",
+                    p.name,
+                    p.statements
+                );
             }
         }
     } else if outcome.applied.is_empty() {
-        println!("`{}` is up to date; nothing to apply", ctx.env.name);
+        say!("`{}` is up to date; nothing to apply", ctx.env.name);
     } else {
-        println!(
+        say!(
             "applied {} migration{} to `{}`",
             outcome.applied.len(),
             if outcome.applied.len() == 1 { "" } else { "s" },
@@ -451,6 +464,6 @@ async fn resolve(project: &Project, args: ResolveArgs) -> Result<u8> {
     let closed = loaded.target.close().await;
     let message = result?;
     closed?;
-    println!("{message}");
+    say!("{message}");
     Ok(0)
 }
