@@ -712,3 +712,21 @@ fn passwords_never_reach_the_output() {
     assert!(!text.contains("hunter2secret"), "{text}");
     assert!(text.contains("cannot connect to environment `t`"), "{text}");
 }
+
+#[test]
+fn a_syntax_error_reports_line_and_column_in_the_file() {
+    let db = pg().create_db("syntax");
+    let project = Project::with_local_migrations(&[("t", &db.url)], "");
+    project.add_migration(
+        M1,
+        "-- CreateTable\nCREATE TABLE \"t\" (\n    \"id\" int,\n    \"name\" text,\n);\n",
+    );
+    let out = project.run(&["apply", "--env", "t"]);
+    assert_exit_code(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("migration.sql:5:1"), "line 5, column 1: {err}");
+    assert!(
+        err.contains("SQLSTATE 42601") && err.contains("syntax error at or near \")\""),
+        "{err}"
+    );
+}

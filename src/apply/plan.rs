@@ -19,6 +19,8 @@ pub struct Stmt {
     pub kind: StatementKind,
     /// How to tell, after a crash, whether it took effect.
     pub effect: Option<Effect>,
+    /// 1-based line of its first keyword (after leading comments).
+    pub line: usize,
 }
 
 /// What one round trip sends for a statement-by-statement migration.
@@ -74,12 +76,13 @@ impl<'m> Prepared<'m> {
                 range: p.start..p.start + p.text.len(),
                 kind: classify::statement_kind(p),
                 effect: classify::effect(p),
+                line: p.first_line(sql),
             })
             .collect();
         let units = match classification.mode {
             TxMode::Transactional => Vec::new(),
             TxMode::SelfTransacting | TxMode::NonTransactional => {
-                group_units(migration, sql, &statements)?
+                group_units(migration, &statements)?
             }
         };
         Ok(Prepared {
@@ -118,28 +121,11 @@ impl<'m> Prepared<'m> {
 
     /// The 1-based line where statement `index` starts (skipping leading comments).
     pub fn statement_line(&self, index: usize) -> usize {
-        let sql = self.migration.up.sql();
-        let Some(stmt) = self.statements.get(index) else {
-            return 1;
-        };
-        let text = &sql[stmt.range.clone()];
-        let offset = lexer::tokenize(text)
-            .iter()
-            .find(|t| {
-                !matches!(
-                    t.kind,
-                    lexer::TokenKind::Whitespace
-                        | lexer::TokenKind::LineComment
-                        | lexer::TokenKind::BlockComment
-                )
-            })
-            .map(|t| t.start)
-            .unwrap_or(0);
-        lexer::line_col(sql, stmt.range.start + offset).0
+        self.statements.get(index).map(|s| s.line).unwrap_or(1)
     }
 }
 
-fn group_units(migration: &Migration, sql: &str, statements: &[Stmt]) -> Result<Vec<Unit>> {
+fn group_units(migration: &Migration, statements: &[Stmt]) -> Result<Vec<Unit>> {
     let mut units = Vec::new();
     let mut i = 0;
     while i < statements.len() {
@@ -150,7 +136,7 @@ fn group_units(migration: &Migration, sql: &str, statements: &[Stmt]) -> Result<
                     .position(|s| matches!(s.kind, StatementKind::Commit | StatementKind::Rollback))
                     .map(|p| p + i + 1);
                 let Some(close) = close else {
-                    let line = lexer::line_col(sql, statements[i].range.start).0;
+                    let line = statements[i].line;
                     return Err(Error::Discovery(format!(
                         "{}:{line}: BEGIN without a matching COMMIT; the migration would leave a \
                          transaction open. Add COMMIT; at the end of the block.",
@@ -186,4 +172,78 @@ fn group_units(migration: &Migration, sql: &str, statements: &[Stmt]) -> Result<
         }
     }
     Ok(units)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrations::discover;
+
+    fn prepared_units(sql: &str) -> Result<Vec<Unit>> {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("1_m.sql"), sql).unwrap();
+        let set = discover(tmp.path()).unwrap();
+        Prepared::new(&set.migrations[0]).map(|p| p.units)
+    }
+
+    #[test]
+    fn transactional_files_are_one_unit_sent_whole() {
+        assert_eq!(
+            prepared_units("CREATE TABLE a (id int);\nSELECT 1;").unwrap(),
+            []
+        );
+    }
+
+    #[test]
+    fn own_blocks_runs_and_bare_statements_become_units() {
+        let units = prepared_units(
+            "CREATE TABLE a (id int);\nINSERT INTO a VALUES (1);\n\
+             CREATE INDEX CONCURRENTLY a_idx ON a (id);\n\
+             BEGIN;\nUPDATE a SET id = 2;\nCOMMIT;\n\
+             BEGIN;\nDELETE FROM a;\nROLLBACK;\n\
+             ALTER TYPE mood ADD VALUE 'x';\nSELECT 'x'::mood;\n",
+        )
+        .unwrap();
+        assert_eq!(
+            units,
+            [
+                Unit::Run(0..2),
+                Unit::Bare(2),
+                Unit::Block {
+                    range: 3..6,
+                    rolls_back: false
+                },
+                Unit::Block {
+                    range: 6..9,
+                    rolls_back: true
+                },
+                Unit::Run(9..10),
+                Unit::Run(10..11),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_begin_without_commit_is_refused_with_its_line() {
+        let err = prepared_units("SELECT 1;\nBEGIN;\nCREATE INDEX CONCURRENTLY i ON a (id);\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("1_m.sql:2: BEGIN without a matching COMMIT"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn prefix_checksums_cover_exactly_the_committed_statements() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("1_a.sql"), "SELECT 1;\nVACUUM;\nSELECT 2;").unwrap();
+        std::fs::write(tmp.path().join("2_b.sql"), "SELECT 1;\nVACUUM;\nSELECT 3;").unwrap();
+        let set = discover(tmp.path()).unwrap();
+        let a = Prepared::new(&set.migrations[0]).unwrap();
+        let b = Prepared::new(&set.migrations[1]).unwrap();
+        assert_eq!(a.prefix_checksum(2), b.prefix_checksum(2));
+        assert_ne!(a.prefix_checksum(3), b.prefix_checksum(3));
+        assert_eq!(a.statement_line(2), 3);
+    }
 }

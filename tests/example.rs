@@ -1,0 +1,124 @@
+//! The shipped example (SQLite environments, no server): it applies, records Prisma's history,
+//! and a broken migration on SQLite is rolled back and recorded like on PostgreSQL.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sqlx::{Connection, Row, SqliteConnection};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A private copy of the example project, so tests never touch the repository's `.sluice/`.
+fn example_copy() -> tempfile::TempDir {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(root.join("sluice.toml"), dir.path().join("sluice.toml")).unwrap();
+    copy_dir(&root.join("environments"), &dir.path().join("environments"));
+    copy_dir(&root.join("migrations"), &dir.path().join("migrations"));
+    dir
+}
+
+fn sluice(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn query(db: &Path, sql: &str) -> Vec<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let url = format!("sqlite://{}", db.display());
+        let mut conn = SqliteConnection::connect(&url).await.unwrap();
+        let rows = sqlx::query(sql).fetch_all(&mut conn).await.unwrap();
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).unwrap_or_default())
+            .collect()
+    })
+}
+
+#[test]
+fn the_example_applies_to_sqlite_without_a_server() {
+    let dir = example_copy();
+    let out = sluice(dir.path(), &["apply", "--env", "dev"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("applied 4 migrations to `dev`"), "{stdout}");
+
+    let db = dir.path().join(".sluice/dev.db");
+    assert_eq!(
+        query(&db, "SELECT migration_name || ':' || (finished_at IS NOT NULL) || ':' || checksum FROM _prisma_migrations ORDER BY migration_name")
+            .iter()
+            .map(|r| r.rsplit_once(':').unwrap().0.to_string())
+            .collect::<Vec<_>>(),
+        [
+            "20240101090000_init:1",
+            "20240115120000_add_user_role:1",
+            "20240203083000_posts_published_index:1",
+            "20240220101500_backfill_display_name:1",
+        ]
+    );
+    let columns = query(
+        &db,
+        "SELECT name FROM pragma_table_info('User') ORDER BY cid",
+    );
+    assert_eq!(
+        columns,
+        ["id", "email", "name", "createdAt", "role", "displayName"]
+    );
+
+    let status = sluice(dir.path(), &["status", "--env", "dev", "--json"]);
+    assert_eq!(status.status.code(), Some(0), "{status:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(doc["up_to_date"], true);
+    assert_eq!(doc["engine"], "sqlite");
+
+    let again = sluice(dir.path(), &["apply", "--env", "dev"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("up to date"));
+    let staging = sluice(dir.path(), &["status", "--env", "staging"]);
+    assert_eq!(
+        staging.status.code(),
+        Some(1),
+        "staging has not been migrated"
+    );
+}
+
+#[test]
+fn a_broken_migration_on_sqlite_is_rolled_back_and_recorded() {
+    let dir = example_copy();
+    let broken = dir.path().join("migrations/20240301000000_broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("migration.sql"),
+        "CREATE TABLE \"Tag\" (\"id\" INTEGER PRIMARY KEY);\nINSERT INTO \"Nope\" VALUES (1);\n",
+    )
+    .unwrap();
+    let out = sluice(dir.path(), &["apply", "--env", "dev"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("20240301000000_broken") && stderr.contains("no such table: Nope"),
+        "{stderr}"
+    );
+    let db = dir.path().join(".sluice/dev.db");
+    assert!(query(&db, "SELECT name FROM sqlite_master WHERE name = 'Tag'").is_empty());
+    assert_eq!(
+        query(&db, "SELECT migration_name FROM _prisma_migrations WHERE finished_at IS NULL AND logs IS NOT NULL"),
+        ["20240301000000_broken"]
+    );
+}
