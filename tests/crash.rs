@@ -14,6 +14,7 @@ const M1: &str = "20240101000000_log";
 const M2: &str = "20240102000000_concurrent";
 const M3: &str = "20240103000000_own_transactions";
 const M4: &str = "20240104000000_tail";
+const M5: &str = "20240105000000_lone_index";
 
 /// Every statement leaves a row in `log`, whose primary key makes a repeated statement fail
 /// the rerun loudly; the index builds fail if repeated too (no IF NOT EXISTS).
@@ -38,6 +39,10 @@ fn write_set(project: &Project) {
          BEGIN;\nINSERT INTO log VALUES ('m3-4');\nCOMMIT;\n",
     );
     project.add_migration(M4, "INSERT INTO log VALUES ('m4');\n");
+    project.add_migration(
+        M5,
+        "-- CreateIndex\nCREATE INDEX CONCURRENTLY \"log_c_idx\" ON log (step);\n",
+    );
 }
 
 const ALL_STEPS: &str = "m1,m2-1,m2-3,m2-6,m3-1,m3-2,m3-3,m3-4,m4";
@@ -87,7 +92,7 @@ fn assert_clean_end(db: &TestDb, reference: &str, point: &str) {
              count(*) FILTER (WHERE finished_at IS NOT NULL AND rolled_back_at IS NULL) \
              FROM _prisma_migrations"
         ),
-        "4|4|4",
+        "5|5|5",
         "one finished history row per migration (killed at {point})"
     );
     assert_eq!(
@@ -127,6 +132,8 @@ fn sigkill_at_every_step_then_rerun_ends_like_a_clean_run() {
     for i in [0, 4, 5] {
         points.push(format!("before-statement:{M3}:{i}"));
     }
+    points.push(format!("before-bare:{M5}:0"));
+    points.push(format!("after-bare:{M5}:0"));
     for point in &points {
         let db = pg().create_db("crash_step");
         let project = Project::with_local_migrations(&[("t", &db.url)], "lock_timeout = \"30s\"\n");

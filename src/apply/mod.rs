@@ -594,6 +594,7 @@ async fn apply_statementwise(
             format_sql_error(&s),
         ),
     };
+    let mut marked_running = None;
     let id = match &w.row {
         Some(row) => {
             let running = row.progress.as_ref().and_then(|pr| pr.running);
@@ -641,10 +642,17 @@ async fn apply_statementwise(
         }
         None => {
             let id = uuid::Uuid::new_v4().to_string();
+            // A file that starts with a statement outside any transaction (the usual lone
+            // CREATE INDEX CONCURRENTLY) is marked as running it in the same write that
+            // creates its row: one commit fewer per such migration.
+            if let Some(Unit::Bare(0)) = p.units.first() {
+                marked_running = Some(0);
+            }
             target
-                .execute(
-                    &history.insert_started(&new_row(&id, m, &opts.run_id), &progress_at(0, None)),
-                )
+                .execute(&history.insert_started(
+                    &new_row(&id, m, &opts.run_id),
+                    &progress_at(0, marked_running),
+                ))
                 .await
                 .map_err(run)?;
             id
@@ -687,10 +695,16 @@ async fn apply_statementwise(
                 rolls_back: true, ..
             } => ("", body.to_string(), Some(after.clone())),
             Unit::Bare(index) => {
-                target
-                    .execute(&history.update_progress(&id, &progress_at(done, Some(*index)), None))
-                    .await
-                    .map_err(run)?;
+                if marked_running != Some(*index) {
+                    target
+                        .execute(&history.update_progress(
+                            &id,
+                            &progress_at(done, Some(*index)),
+                            None,
+                        ))
+                        .await
+                        .map_err(run)?;
+                }
                 testhook::pause(&format!("before-bare:{}:{}", m.name, index));
                 ("", body.to_string(), Some(after.clone()))
             }
