@@ -391,7 +391,9 @@ async fn apply_locked(
     let plan: Vec<Planned> = work.iter().map(planned).collect();
     observer.planned(&plan.iter().map(|p| p.name.clone()).collect::<Vec<_>>());
     let mut applied = Vec::with_capacity(work.len());
-    for w in work {
+    let count = work.len();
+    for (position, w) in work.into_iter().enumerate() {
+        let more_follow = position + 1 < count;
         let started = Instant::now();
         let name = w.prepared.migration.name.clone();
         observer.migration_started(
@@ -402,7 +404,7 @@ async fn apply_locked(
         match w.prepared.mode() {
             TxMode::Transactional => apply_transactional(target, ctx, opts, &w).await?,
             TxMode::SelfTransacting | TxMode::NonTransactional => {
-                apply_statementwise(target, ctx, opts, &w, observer).await?
+                apply_statementwise(target, ctx, opts, &w, more_follow, observer).await?
             }
         }
         observer.migration_finished(&name, started.elapsed());
@@ -574,6 +576,7 @@ async fn apply_statementwise(
     ctx: &Context<'_>,
     opts: &ApplyOptions,
     w: &Work<'_>,
+    more_follow: bool,
     observer: &dyn Observer,
 ) -> Result<()> {
     let p = &w.prepared;
@@ -649,10 +652,10 @@ async fn apply_statementwise(
                 marked_running = Some(0);
             }
             target
-                .execute(&history.insert_started(
+                .execute(&history.intent(&history.insert_started(
                     &new_row(&id, m, &opts.run_id),
                     &progress_at(0, marked_running),
-                ))
+                )))
                 .await
                 .map_err(run)?;
             id
@@ -697,16 +700,25 @@ async fn apply_statementwise(
             Unit::Bare(index) => {
                 if marked_running != Some(*index) {
                     target
-                        .execute(&history.update_progress(
+                        .execute(&history.intent(&history.update_progress(
                             &id,
                             &progress_at(done, Some(*index)),
                             None,
-                        ))
+                        )))
                         .await
                         .map_err(run)?;
                 }
                 testhook::pause(&format!("before-bare:{}:{}", m.name, index));
-                ("", body.to_string(), Some(after.clone()))
+                // The record that a bare statement finished may skip the WAL flush when the
+                // catalog can tell after a server crash whether the statement took effect and
+                // a later synchronous commit of this apply will flush it anyway.
+                let detectable = p.statements[*index].effect.is_some();
+                let after = if detectable && (more_follow || !last) {
+                    history.intent(&after)
+                } else {
+                    after.clone()
+                };
+                ("", body.to_string(), Some(after))
             }
         };
         match target.execute(&text).await {

@@ -352,6 +352,20 @@ impl HistoryTable {
         }
     }
 
+    /// Wraps a write that only records intent (a row created before any work, a statement
+    /// about to start) so the server does not wait for its WAL flush. This is safe: the work
+    /// that follows commits synchronously, which flushes the intent with it; and if the server
+    /// crashes before that, neither the intent nor the work exists, which is the state a
+    /// rerun expects.
+    pub fn intent(&self, write: &str) -> String {
+        match self.engine {
+            Engine::Postgres => {
+                format!("BEGIN;\nSET LOCAL synchronous_commit = off;\n{write};\nCOMMIT;")
+            }
+            Engine::Sqlite => write.to_string(),
+        }
+    }
+
     /// Records statement progress on an unfinished row; `error` marks it failed.
     pub fn update_progress(&self, id: &str, progress: &Progress, error: Option<&str>) -> String {
         match self.mode {
