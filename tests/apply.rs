@@ -570,28 +570,27 @@ fn a_held_lock_times_out_naming_the_holder_and_changes_nothing() {
     assert_eq!(db.psql("SELECT to_regclass('a') IS NULL"), "t");
 }
 
+fn spawn_apply(project: &Project) -> std::process::Child {
+    project
+        .cmd(&["apply", "--env", "t"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn two_concurrent_applies_serialise_on_the_lock() {
     let db = pg().create_db("concurrent");
-    let project = Project::with_local_migrations(&[("t", &db.url)], "lock_timeout = \"30s\"\n");
+    let mut project = Project::with_local_migrations(&[("t", &db.url)], "lock_timeout = \"30s\"\n");
     project.add_migration(
         M1,
         "CREATE TABLE runs (n int);\nINSERT INTO runs VALUES (1);\nSELECT pg_sleep(1.5);\n",
     );
     project.add_migration(M2, "INSERT INTO runs VALUES (2);\n");
-    let first = project
-        .cmd(&["apply", "--env", "t"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = spawn_apply(&project);
     std::thread::sleep(Duration::from_millis(300));
-    let second = project
-        .cmd(&["apply", "--env", "t"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let second = spawn_apply(&project);
     let first = first.wait_with_output().unwrap();
     let second = second.wait_with_output().unwrap();
     assert_success(&first);
@@ -613,21 +612,11 @@ fn two_concurrent_applies_serialise_on_the_lock() {
         [format!("{M1}:finished"), format!("{M2}:finished")]
     );
 
-    let short = Project::with_local_migrations(&[("t", &db.url)], "lock_timeout = \"500ms\"\n");
-    short.add_migration(
-        M1,
-        "CREATE TABLE runs (n int);\nINSERT INTO runs VALUES (1);\nSELECT pg_sleep(1.5);\n",
-    );
-    short.add_migration(M2, "INSERT INTO runs VALUES (2);\n");
-    short.add_migration(M3, "SELECT pg_sleep(3);\n");
-    let long = short
-        .cmd(&["apply", "--env", "t"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    project.add_env("t", &db.url, "lock_timeout = \"500ms\"\n");
+    project.add_migration(M3, "SELECT pg_sleep(3);\n");
+    let long = spawn_apply(&project);
     std::thread::sleep(Duration::from_millis(800));
-    let loser = short.run(&["apply", "--env", "t"]);
+    let loser = project.run(&["apply", "--env", "t"]);
     let long = long.wait_with_output().unwrap();
     assert_success(&long);
     assert_exit_code(&loser, 1);
