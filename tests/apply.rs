@@ -525,22 +525,40 @@ fn dry_run_and_to_change_only_what_they_say() {
     assert_eq!(history(&db).len(), 3);
 }
 
-fn spawn_holding_lock(db: &TestDb, key: i64, seconds: u32) -> std::process::Child {
-    let mut child = std::process::Command::new(db.server().bin("psql"))
-        .args(["-X", "-q", "-A", "-t", "-d", &db.url, "-c"])
-        .arg(format!("SELECT pg_advisory_lock({key}), 'locked'"))
-        .arg("-c")
-        .arg(format!("SELECT pg_sleep({seconds})"))
+/// A psql session that runs `hold` (statements that take some lock), prints `locked`, and
+/// keeps its session open for 30 s or until killed.
+fn spawn_psql_holding(db: &TestDb, hold: &[&str]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(db.server().bin("psql"));
+    cmd.args(["-X", "-q", "-A", "-t", "-d", &db.url]);
+    for statement in hold {
+        cmd.arg("-c").arg(statement);
+    }
+    let mut child = cmd
+        .args(["-c", "SELECT 'locked'", "-c", "SELECT pg_sleep(30)"])
         .env("PGAPPNAME", "prisma-migrate-lookalike")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("locked"), "{line}");
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("locked") {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("the psql holder ended before taking its lock: {seen}");
+        }
+        seen.push_str(&line);
+    }
     child
+}
+
+/// Ends the holder and its server session (a killed psql leaves its backend sleeping).
+fn release(mut holder: std::process::Child, db: &TestDb) {
+    holder.kill().unwrap();
+    let _ = holder.wait();
+    db.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'prisma-migrate-lookalike'",
+    );
 }
 
 #[test]
@@ -548,14 +566,13 @@ fn a_held_lock_times_out_naming_the_holder_and_changes_nothing() {
     let db = pg().create_db("lock_held");
     let project = Project::with_local_migrations(&[("t", &db.url)], "lock_timeout = \"1s\"\n");
     project.add_migration(M1, "CREATE TABLE a (id int);\n");
-    let mut holder = spawn_holding_lock(&db, 72707369, 30);
+    let holder = spawn_psql_holding(&db, &["SELECT pg_advisory_lock(72707369)"]);
     let pid = db.psql(
         "SELECT pid FROM pg_stat_activity WHERE application_name = 'prisma-migrate-lookalike'",
     );
     let started = Instant::now();
     let out = project.run(&["apply", "--env", "t"]);
-    holder.kill().unwrap();
-    let _ = holder.wait();
+    release(holder, &db);
     assert_exit_code(&out, 1);
     let err = stderr(&out);
     assert!(started.elapsed() < Duration::from_secs(20));
@@ -718,4 +735,42 @@ fn a_syntax_error_reports_line_and_column_in_the_file() {
         err.contains("SQLSTATE 42601") && err.contains("syntax error at or near \")\""),
         "{err}"
     );
+}
+
+#[test]
+fn a_migration_waits_for_a_table_lock_no_longer_than_lock_timeout() {
+    let db = pg().create_db("ddl_lock");
+    let project = Project::with_local_migrations(&[("t", &db.url)], "lock_timeout = \"1s\"\n");
+    project.add_migration(M1, "CREATE TABLE busy (id int);\n");
+    project.run_ok(&["apply", "--env", "t"]);
+    project.add_migration(
+        M2,
+        "CREATE TABLE other (id int);\nALTER TABLE busy ADD COLUMN note text;\n",
+    );
+    let holder = spawn_psql_holding(&db, &["BEGIN", "LOCK TABLE busy IN ACCESS SHARE MODE"]);
+    let started = Instant::now();
+    let out = project.run(&["apply", "--env", "t"]);
+    let elapsed = started.elapsed();
+    release(holder, &db);
+    assert_exit_code(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("SQLSTATE 55P03") && err.contains("lock timeout"),
+        "{err}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the migration gave up after lock_timeout, without replaying it: {elapsed:?}"
+    );
+    assert_eq!(db.psql("SELECT to_regclass('other') IS NULL"), "t");
+    project.run_ok(&[
+        "resolve",
+        "--env",
+        "t",
+        "--rolled-back",
+        M2,
+        "--reason",
+        "retry",
+    ]);
+    project.run_ok(&["apply", "--env", "t"]);
 }

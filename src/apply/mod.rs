@@ -489,7 +489,7 @@ async fn apply_transactional(
                 .and_then(|p| file_offset_of(&text, PREFIX.len(), 0, sql.len(), p))
                 .map(|offset| lexer::line_col(sql, offset));
             let mut statement = None;
-            if location.is_none() && w.prepared.statements.len() > 1 {
+            if location.is_none() && w.prepared.statements.len() > 1 && worth_replaying(&err) {
                 if let Some(index) = locate_failing_statement(target, &w.prepared).await {
                     statement = Some(index + 1);
                     location = Some((w.prepared.statement_line(index), 1));
@@ -543,6 +543,19 @@ async fn record_failure(
         }
     }
     Err(Error::Migration(Box::new(failure)))
+}
+
+/// Whether replaying a failed migration to find its failing statement is harmless: not after
+/// timeouts, cancellations, lock or serialization conflicts and resource errors, where the
+/// replay would wait, lock or load the server all over again.
+fn worth_replaying(err: &SqlError) -> bool {
+    let code = err.code.as_deref().unwrap_or("");
+    !(code.starts_with("57")
+        || code.starts_with("53")
+        || code.starts_with("58")
+        || code.starts_with("40")
+        || code == "55P03"
+        || code == "55006")
 }
 
 /// Finds which statement of a failed transactional migration raised an error the server gave

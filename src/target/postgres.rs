@@ -95,7 +95,8 @@ impl PgTarget {
                 ("standard_conforming_strings", "on".to_string()),
                 ("client_min_messages", "warning".to_string()),
             ])
-            .log_statements(tracing::log::LevelFilter::Trace);
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(1));
         if let Some(schema) = schema {
             options = options.options([("search_path", schema)]);
         }

@@ -71,7 +71,8 @@ impl SqliteTarget {
             .create_if_missing(true)
             .busy_timeout(env.lock_timeout)
             .foreign_keys(true)
-            .log_statements(tracing::log::LevelFilter::Trace);
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(1));
         let path = options.get_filename().to_path_buf();
         let in_memory = path.as_os_str().is_empty() || path.to_str() == Some(":memory:");
         if !in_memory {
