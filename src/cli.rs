@@ -28,6 +28,9 @@ use crate::config::{Environment, Project};
 use crate::error::{Error, Result};
 use crate::migrations::classify::TxMode;
 use crate::migrations::{self, MigrationSet};
+use crate::promote::{self, Request};
+use crate::snapshot;
+use crate::store::OnDemandStore;
 use crate::target::{self, Target};
 
 /// sluice applies and guards schema migrations, Prisma-compatible, on PostgreSQL and SQLite.
@@ -63,6 +66,87 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Record a decision about a failed, edited or missing migration.
     Resolve(ResolveArgs),
+    /// Take a snapshot of an environment now.
+    Snapshot(SnapshotArgs),
+    /// Put a snapshot back as the environment; what it replaces is kept.
+    Restore(RestoreArgs),
+    /// List snapshots and preserved copies, or prune what retention allows.
+    Snapshots(SnapshotsArgs),
+}
+
+/// `sluice snapshot`.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Environment name (a file in environments/).
+    #[arg(long)]
+    pub env: String,
+    /// Why: recorded with the snapshot.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Who asked (default: $SLUICE_ACTOR, else $USER).
+    #[arg(long)]
+    pub by: Option<String>,
+    /// Run id to take the snapshot for; the same run id always names the same snapshot, so a
+    /// retry after an interruption finds the one already made (default: a new run).
+    #[arg(long, value_name = "RUN")]
+    pub run: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sluice restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Environment name (a file in environments/).
+    #[arg(long)]
+    pub env: String,
+    /// The snapshot to restore (a name from `sluice snapshots`).
+    pub snapshot: String,
+    /// Why: recorded with the restore.
+    #[arg(long)]
+    pub reason: String,
+    /// Who decided (default: $SLUICE_ACTOR, else $USER).
+    #[arg(long)]
+    pub by: Option<String>,
+    /// Run id of an interrupted restore to finish (its preserved copy's name derives from it).
+    #[arg(long, value_name = "RUN")]
+    pub run: Option<String>,
+}
+
+/// `sluice snapshots`.
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// Environment name (a file in environments/).
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// What to do; without one, list.
+    #[command(subcommand)]
+    pub action: Option<SnapshotsAction>,
+}
+
+/// Actions on snapshots.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotsAction {
+    /// Delete what the environment's retention allows, and say what was deleted.
+    Prune(PruneArgs),
+}
+
+/// `sluice snapshots prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Environment name (a file in environments/).
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Say what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Who asked (default: $SLUICE_ACTOR, else $USER).
+    #[arg(long)]
+    pub by: Option<String>,
 }
 
 /// `sluice status`.
@@ -95,6 +179,9 @@ pub struct ApplyArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Do not take the snapshot the environment's [snapshot] section asks for.
+    #[arg(long)]
+    pub no_snapshot: bool,
 }
 
 /// `sluice resolve`.
@@ -168,6 +255,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Status(args) => status(&project, args).await,
         Command::Apply(args) => apply_cmd(&project, args).await,
         Command::Resolve(args) => resolve(&project, args).await,
+        Command::Snapshot(args) => snapshot_cmd(&project, args).await,
+        Command::Restore(args) => restore_cmd(&project, args).await,
+        Command::Snapshots(args) => snapshots_cmd(&project, args).await,
     }
 }
 
@@ -368,25 +458,46 @@ impl Drop for CliObserver {
 }
 
 async fn apply_cmd(project: &Project, args: ApplyArgs) -> Result<u8> {
-    let mut loaded = load(project, &args.env).await?;
-    let ctx = Context::new(&loaded.env, &loaded.set, loaded.target.as_ref())?;
+    let env = project.environment(&args.env)?;
+    let set = migrations::discover(&project.migrations_dir)?;
+    let store = store_of(project);
     let opts = ApplyOptions {
         to: args.to.clone(),
         dry_run: args.dry_run,
         resume_failed: args.resume,
         run_id: uuid::Uuid::new_v4().to_string(),
+        expected_plan: None,
+    };
+    let request = Request {
+        actor: actor(None),
+        reason: None,
     };
     let observer = CliObserver::new(args.json);
-    let result = apply::apply(loaded.target.as_mut(), &ctx, &opts, &observer).await;
+    let result = promote::run_apply(
+        &env,
+        &set,
+        &store,
+        &request,
+        opts,
+        !args.no_snapshot,
+        &observer,
+    )
+    .await;
     drop(observer);
-    let closed = loaded.target.close().await;
-    let outcome = result?;
-    closed?;
+    let run = result?;
+    if let Some(snapshot) = &run.snapshot {
+        if !args.json {
+            eprintln!("snapshot {} taken before applying", snapshot.name);
+        }
+    }
+    let outcome = run.apply;
     if args.json {
         say!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "environment": ctx.env.name,
+                "environment": env.name,
+                "run_id": run.run_id,
+                "snapshot": run.snapshot,
                 "dry_run": args.dry_run,
                 "plan": outcome.plan,
                 "applied": outcome.applied,
@@ -395,9 +506,9 @@ async fn apply_cmd(project: &Project, args: ApplyArgs) -> Result<u8> {
         );
     } else if args.dry_run {
         if outcome.plan.is_empty() {
-            say!("`{}` is up to date; nothing would run", ctx.env.name);
+            say!("`{}` is up to date; nothing would run", env.name);
         } else {
-            say!("would apply to `{}`:", ctx.env.name);
+            say!("would apply to `{}`:", env.name);
             for p in &outcome.plan {
                 let how = match p.mode {
                     TxMode::Transactional => "one transaction".to_string(),
@@ -420,13 +531,13 @@ async fn apply_cmd(project: &Project, args: ApplyArgs) -> Result<u8> {
             }
         }
     } else if outcome.applied.is_empty() {
-        say!("`{}` is up to date; nothing to apply", ctx.env.name);
+        say!("`{}` is up to date; nothing to apply", env.name);
     } else {
         say!(
             "applied {} migration{} to `{}`",
             outcome.applied.len(),
             if outcome.applied.len() == 1 { "" } else { "s" },
-            ctx.env.name
+            env.name
         );
     }
     Ok(0)
@@ -445,12 +556,7 @@ async fn resolve(project: &Project, args: ResolveArgs) -> Result<u8> {
     if args.reason.trim().is_empty() {
         return Err(Error::Usage("--reason must say why".into()));
     }
-    let actor = args
-        .by
-        .or_else(|| std::env::var("SLUICE_ACTOR").ok())
-        .or_else(|| std::env::var("USER").ok())
-        .filter(|a| !a.trim().is_empty())
-        .unwrap_or_else(|| "unknown".into());
+    let actor = actor(args.by);
     let mut loaded = load(project, &args.env).await?;
     let ctx = Context::new(&loaded.env, &loaded.set, loaded.target.as_ref())?;
     let result = apply::resolve(
@@ -465,5 +571,188 @@ async fn resolve(project: &Project, args: ResolveArgs) -> Result<u8> {
     let message = result?;
     closed?;
     say!("{message}");
+    Ok(0)
+}
+
+/// Who is acting: `--by`, else `$SLUICE_ACTOR`, else `$USER`.
+fn actor(by: Option<String>) -> String {
+    by.or_else(|| std::env::var("SLUICE_ACTOR").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn store_of(project: &Project) -> OnDemandStore {
+    OnDemandStore::new(&project.state_dir.join("store"), Duration::from_secs(30))
+}
+
+impl snapshot::Progress for CliObserver {
+    fn update(&self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.set_message(message.to_string()),
+            None => eprintln!("{message}"),
+        }
+    }
+}
+
+async fn snapshot_cmd(project: &Project, args: SnapshotArgs) -> Result<u8> {
+    let env = project.environment(&args.env)?;
+    let provider = snapshot::provider_for(&env).await?;
+    let store = store_of(project);
+    let request = Request {
+        actor: actor(args.by),
+        reason: args.reason,
+    };
+    let run_id = args.run.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let observer = CliObserver::new(args.json);
+    let made = promote::create_snapshot(
+        &env,
+        provider.as_ref(),
+        &store,
+        &request,
+        &run_id,
+        &observer,
+    )
+    .await;
+    drop(observer);
+    let made = made?;
+    if args.json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"environment": env.name, "run_id": run_id, "snapshot": made})
+            )
+            .unwrap_or_default()
+        );
+    } else {
+        say!(
+            "snapshot {} of `{}` taken ({})",
+            made.name,
+            env.name,
+            provider.kind()
+        );
+    }
+    Ok(0)
+}
+
+async fn restore_cmd(project: &Project, args: RestoreArgs) -> Result<u8> {
+    if args.reason.trim().is_empty() {
+        return Err(Error::Usage("--reason must say why".into()));
+    }
+    let env = project.environment(&args.env)?;
+    let provider = snapshot::provider_for(&env).await?;
+    let store = store_of(project);
+    let request = Request {
+        actor: actor(args.by),
+        reason: Some(args.reason.trim().to_string()),
+    };
+    let run_id = args.run.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let observer = CliObserver::new(false);
+    let restored = promote::restore_snapshot(
+        &env,
+        provider.as_ref(),
+        &store,
+        &request,
+        &args.snapshot,
+        &run_id,
+        &observer,
+    )
+    .await;
+    drop(observer);
+    let restored = restored.map_err(|e| match e {
+        Error::Snapshot(text) => Error::Snapshot(format!(
+            "{text}\nTo finish this restore once the cause is fixed: sluice restore --env {} {} --run {run_id} --reason \"...\"",
+            env.name, args.snapshot
+        )),
+        other => other,
+    })?;
+    say!(
+        "restored `{}` from {}; the state it replaced is kept as {}",
+        env.name,
+        restored.snapshot,
+        restored.preserved_as
+    );
+    Ok(0)
+}
+
+async fn snapshots_cmd(project: &Project, args: SnapshotsArgs) -> Result<u8> {
+    let (env_name, prune) = match args.action {
+        Some(SnapshotsAction::Prune(p)) => (p.env.clone().or(args.env.clone()), Some(p)),
+        None => (args.env.clone(), None),
+    };
+    let Some(env_name) = env_name else {
+        return Err(Error::Usage("give --env ENV".into()));
+    };
+    let env = project.environment(&env_name)?;
+    let provider = snapshot::provider_for(&env).await?;
+    let store = store_of(project);
+    if let Some(p) = prune {
+        let request = Request {
+            actor: actor(p.by),
+            reason: Some("retention".into()),
+        };
+        let deleted = promote::prune(&env, provider.as_ref(), &store, &request, p.dry_run).await?;
+        let verb = if p.dry_run { "would delete" } else { "deleted" };
+        if args.json {
+            say!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"environment": env.name, "dry_run": p.dry_run, "deleted": deleted}))
+                    .unwrap_or_default()
+            );
+        } else if deleted.is_empty() {
+            say!("retention allows deleting nothing in `{}`", env.name);
+        } else {
+            for name in &deleted {
+                say!("{verb} {name}");
+            }
+        }
+        return Ok(0);
+    }
+    let listed = promote::list_snapshots(&env, provider.as_ref(), &store).await?;
+    if args.json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"environment": env.name, "provider": provider.kind(), "snapshots": listed}))
+                .unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    say!(
+        "environment `{}` ({}): {} copies",
+        env.name,
+        provider.kind(),
+        listed.len()
+    );
+    let mut table = Table::new();
+    table.load_preset(presets::NOTHING);
+    table.set_header(vec!["kind", "name", "created", "size", "by", "retention"]);
+    for l in &listed {
+        table.add_row(vec![
+            match l.snapshot.kind {
+                snapshot::SnapshotKind::Snapshot => "snapshot".to_string(),
+                snapshot::SnapshotKind::Preserved => "preserved".to_string(),
+            },
+            l.snapshot.name.clone(),
+            l.snapshot
+                .created_at
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default(),
+            l.snapshot
+                .size_bytes
+                .map(|b| format!("{:.1} MB", b as f64 / 1_048_576.0))
+                .unwrap_or_default(),
+            l.record
+                .as_ref()
+                .map(|r| match &r.reason {
+                    Some(reason) => format!("{}: {reason}", r.actor),
+                    None => r.actor.clone(),
+                })
+                .unwrap_or_default(),
+            format!("{:?}", l.verdict),
+        ]);
+    }
+    if !listed.is_empty() {
+        say!("{table}");
+    }
     Ok(0)
 }

@@ -80,7 +80,148 @@ pub struct Environment {
     pub statement_timeout: Duration,
     /// The history table, when the file chooses one; otherwise the directory's layout decides.
     pub history: Option<HistoryMode>,
+    /// How to snapshot and restore this environment, when configured.
+    pub snapshot: Option<SnapshotConfig>,
+    /// The project's state directory (local snapshots, dumps, the store).
+    pub state_dir: PathBuf,
     project_root: PathBuf,
+}
+
+/// Where a secret comes from: never the config file itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The named environment variable.
+    Env(String),
+    /// The first line of the named file.
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// Reads the secret now; `origin` names the config file for messages.
+    pub fn read(&self, origin: &Path) -> Result<String> {
+        let value = match self {
+            SecretSource::Env(var) => std::env::var(var).map_err(|_| {
+                Error::Config(format!(
+                    "{}: environment variable `{var}` is not set",
+                    origin.display()
+                ))
+            })?,
+            SecretSource::File(path) => read(path)?.lines().next().unwrap_or_default().to_string(),
+        };
+        let value = value.trim().to_string();
+        if value.is_empty() {
+            return Err(Error::Config(format!(
+                "{}: the secret from {self:?} is empty",
+                origin.display()
+            )));
+        }
+        Ok(value)
+    }
+}
+
+/// The `[snapshot]` section: a provider and its settings, waits and retention.
+#[derive(Debug, Clone)]
+pub struct SnapshotConfig {
+    /// The provider and its own settings.
+    pub provider: ProviderConfig,
+    /// The longest a provider operation (a cloud snapshot, a restore) may take.
+    pub timeout: Duration,
+    /// How often a provider polls a long operation.
+    pub poll_interval: Duration,
+    /// Which snapshots `sluice snapshots prune` may delete.
+    pub retention: Retention,
+}
+
+/// Retention rules: a snapshot is kept if either rule keeps it, and the snapshot of the last
+/// successful run is always kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep the newest N snapshots.
+    pub keep_last: Option<usize>,
+    /// Keep snapshots younger than this.
+    pub max_age: Option<Duration>,
+}
+
+/// Settings of the Neon provider.
+#[derive(Debug, Clone)]
+pub struct NeonConfig {
+    /// Neon project id.
+    pub project_id: String,
+    /// The environment's branch id.
+    pub branch_id: String,
+    /// The API key.
+    pub api_key: SecretSource,
+    /// API base URL (default `https://console.neon.tech/api/v2`).
+    pub base_url: String,
+}
+
+/// Settings of the RDS providers.
+#[derive(Debug, Clone)]
+pub struct RdsConfig {
+    /// DB instance identifier (`rds`) or DB cluster identifier (`rds-cluster`).
+    pub identifier: String,
+    /// AWS region; the usual AWS chain decides when absent.
+    pub region: Option<String>,
+    /// Endpoint override (moto, LocalStack, a VPC endpoint).
+    pub endpoint_url: Option<String>,
+}
+
+/// Which provider, with its own settings.
+#[derive(Debug, Clone)]
+pub enum ProviderConfig {
+    /// `CREATE DATABASE … TEMPLATE` on the same server.
+    PgTemplate {
+        /// Whether other sessions on the target may be terminated for the copy.
+        terminate_sessions: bool,
+        /// Database to connect to for CREATE/ALTER DATABASE (default `postgres`).
+        maintenance_db: String,
+    },
+    /// `pg_dump -Fc` into the state directory; `pg_restore` into a fresh database.
+    PgDump {
+        /// Database to connect to for CREATE/ALTER DATABASE (default `postgres`).
+        maintenance_db: String,
+        /// The `pg_dump` binary (default: found on PATH or under /usr/lib/postgresql).
+        pg_dump: Option<PathBuf>,
+        /// The `pg_restore` binary.
+        pg_restore: Option<PathBuf>,
+    },
+    /// An online copy of the SQLite file.
+    SqliteFile,
+    /// Neon branches.
+    Neon(NeonConfig),
+    /// AWS RDS instance snapshots.
+    Rds(RdsConfig),
+    /// Aurora cluster snapshots.
+    RdsCluster(RdsConfig),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_last: Option<Spanned<i64>>,
+    max_age: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSnapshot {
+    provider: Spanned<String>,
+    terminate_sessions: Option<Spanned<bool>>,
+    maintenance_db: Option<Spanned<String>>,
+    pg_dump: Option<Spanned<String>>,
+    pg_restore: Option<Spanned<String>>,
+    project_id: Option<Spanned<String>>,
+    branch_id: Option<Spanned<String>>,
+    api_key_env: Option<Spanned<String>>,
+    api_key_file: Option<Spanned<String>>,
+    base_url: Option<Spanned<String>>,
+    instance_id: Option<Spanned<String>>,
+    cluster_id: Option<Spanned<String>>,
+    region: Option<Spanned<String>>,
+    endpoint_url: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    poll_interval: Option<Spanned<String>>,
+    retention: Option<RawRetention>,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +233,7 @@ struct RawEnvironment {
     lock_timeout: Option<Spanned<String>>,
     statement_timeout: Option<Spanned<String>>,
     history: Option<Spanned<HistoryMode>>,
+    snapshot: Option<RawSnapshot>,
 }
 
 /// Default wait for the migration lock and for DDL locks on the server.
@@ -232,7 +374,9 @@ impl Project {
             )));
         }
         let text = read(&path)?;
-        Environment::parse(name, &path, &text, &self.root)
+        let mut env = Environment::parse(name, &path, &text, &self.root)?;
+        env.state_dir = self.state_dir.clone();
+        Ok(env)
     }
 }
 
@@ -291,6 +435,10 @@ impl Environment {
         let statement_timeout = ctx
             .duration("statement_timeout", &raw.statement_timeout)?
             .unwrap_or(Duration::ZERO);
+        let snapshot = match raw.snapshot {
+            Some(raw) => Some(parse_snapshot(&ctx, raw, project_root)?),
+            None => None,
+        };
         Ok(Environment {
             name: name.to_string(),
             file: path.to_path_buf(),
@@ -298,6 +446,8 @@ impl Environment {
             lock_timeout,
             statement_timeout,
             history: raw.history.map(Spanned::into_inner),
+            snapshot,
+            state_dir: project_root.join(".sluice"),
             project_root: project_root.to_path_buf(),
         })
     }
@@ -345,6 +495,152 @@ impl Environment {
             None => url,
         })
     }
+}
+
+fn parse_snapshot(ctx: &FileContext<'_>, raw: RawSnapshot, root: &Path) -> Result<SnapshotConfig> {
+    let provider_name = raw.provider.get_ref().as_str();
+    let keys: [(&str, Option<std::ops::Range<usize>>); 13] = [
+        (
+            "terminate_sessions",
+            raw.terminate_sessions.as_ref().map(|v| v.span()),
+        ),
+        (
+            "maintenance_db",
+            raw.maintenance_db.as_ref().map(|v| v.span()),
+        ),
+        ("pg_dump", raw.pg_dump.as_ref().map(|v| v.span())),
+        ("pg_restore", raw.pg_restore.as_ref().map(|v| v.span())),
+        ("project_id", raw.project_id.as_ref().map(|v| v.span())),
+        ("branch_id", raw.branch_id.as_ref().map(|v| v.span())),
+        ("api_key_env", raw.api_key_env.as_ref().map(|v| v.span())),
+        ("api_key_file", raw.api_key_file.as_ref().map(|v| v.span())),
+        ("base_url", raw.base_url.as_ref().map(|v| v.span())),
+        ("instance_id", raw.instance_id.as_ref().map(|v| v.span())),
+        ("cluster_id", raw.cluster_id.as_ref().map(|v| v.span())),
+        ("region", raw.region.as_ref().map(|v| v.span())),
+        ("endpoint_url", raw.endpoint_url.as_ref().map(|v| v.span())),
+    ];
+    let allowed: &[&str] = match provider_name {
+        "pg-template" => &["terminate_sessions", "maintenance_db"],
+        "pg-dump" => &["maintenance_db", "pg_dump", "pg_restore"],
+        "sqlite-file" => &[],
+        "neon" => &["project_id", "branch_id", "api_key_env", "api_key_file", "base_url"],
+        "rds" => &["instance_id", "region", "endpoint_url"],
+        "rds-cluster" => &["cluster_id", "region", "endpoint_url"],
+        other => {
+            return Err(ctx.at(
+                "snapshot.provider",
+                &raw.provider,
+                format!(
+                    "unknown provider `{other}`; expected pg-template, pg-dump, sqlite-file, neon, rds or rds-cluster"
+                ),
+            ))
+        }
+    };
+    for (key, span) in &keys {
+        if let Some(span) = span {
+            if !allowed.contains(key) {
+                return Err(Error::Config(format!(
+                    "{}:{}: key `snapshot.{key}` does not apply to provider `{provider_name}`",
+                    ctx.path.display(),
+                    ctx.line_of(span.start)
+                )));
+            }
+        }
+    }
+    let required = |key: &str, value: &Option<Spanned<String>>| -> Result<String> {
+        match value {
+            Some(v) if !v.get_ref().trim().is_empty() => Ok(v.get_ref().trim().to_string()),
+            Some(v) => Err(ctx.at(&format!("snapshot.{key}"), v, "must not be empty")),
+            None => Err(Error::Config(format!(
+                "{}: [snapshot] with provider `{provider_name}` needs `{key}`",
+                ctx.path.display()
+            ))),
+        }
+    };
+    let text = |v: &Option<Spanned<String>>| v.as_ref().map(|s| s.get_ref().trim().to_string());
+    let maintenance_db = text(&raw.maintenance_db).unwrap_or_else(|| "postgres".into());
+    let provider = match provider_name {
+        "pg-template" => ProviderConfig::PgTemplate {
+            terminate_sessions: raw
+                .terminate_sessions
+                .map(Spanned::into_inner)
+                .unwrap_or(false),
+            maintenance_db,
+        },
+        "pg-dump" => ProviderConfig::PgDump {
+            maintenance_db,
+            pg_dump: text(&raw.pg_dump).map(|p| root.join(p)),
+            pg_restore: text(&raw.pg_restore).map(|p| root.join(p)),
+        },
+        "sqlite-file" => ProviderConfig::SqliteFile,
+        "neon" => {
+            let api_key = match (&raw.api_key_env, &raw.api_key_file) {
+                (Some(var), None) => {
+                    SecretSource::Env(required("api_key_env", &Some(var.clone()))?)
+                }
+                (None, Some(file)) => SecretSource::File(root.join(file.get_ref())),
+                (Some(_), Some(v)) => {
+                    return Err(ctx.at(
+                        "snapshot.api_key_file",
+                        v,
+                        "give either `api_key_env` or `api_key_file`, not both",
+                    ))
+                }
+                (None, None) => {
+                    return Err(Error::Config(format!(
+                    "{}: [snapshot] with provider `neon` needs `api_key_env` (or `api_key_file`)",
+                    ctx.path.display()
+                )))
+                }
+            };
+            ProviderConfig::Neon(NeonConfig {
+                project_id: required("project_id", &raw.project_id)?,
+                branch_id: required("branch_id", &raw.branch_id)?,
+                api_key,
+                base_url: text(&raw.base_url)
+                    .unwrap_or_else(|| "https://console.neon.tech/api/v2".into())
+                    .trim_end_matches('/')
+                    .to_string(),
+            })
+        }
+        "rds" => ProviderConfig::Rds(RdsConfig {
+            identifier: required("instance_id", &raw.instance_id)?,
+            region: text(&raw.region),
+            endpoint_url: text(&raw.endpoint_url),
+        }),
+        _ => ProviderConfig::RdsCluster(RdsConfig {
+            identifier: required("cluster_id", &raw.cluster_id)?,
+            region: text(&raw.region),
+            endpoint_url: text(&raw.endpoint_url),
+        }),
+    };
+    let retention = match raw.retention {
+        Some(r) => {
+            let keep_last = match r.keep_last {
+                Some(n) if *n.get_ref() < 1 => {
+                    return Err(ctx.at("snapshot.retention.keep_last", &n, "must be at least 1"))
+                }
+                Some(n) => Some(*n.get_ref() as usize),
+                None => None,
+            };
+            Retention {
+                keep_last,
+                max_age: ctx.duration("snapshot.retention.max_age", &r.max_age)?,
+            }
+        }
+        None => Retention::default(),
+    };
+    Ok(SnapshotConfig {
+        provider,
+        timeout: ctx
+            .duration("snapshot.timeout", &raw.timeout)?
+            .unwrap_or(Duration::from_secs(45 * 60)),
+        poll_interval: ctx
+            .duration("snapshot.poll_interval", &raw.poll_interval)?
+            .unwrap_or(Duration::from_secs(10)),
+        retention,
+    })
 }
 
 #[cfg(test)]
@@ -432,5 +728,69 @@ mod tests {
         let env = parse("url_env = \"SLUICE_SURELY_UNSET_VAR\"\n").unwrap();
         let err = env.database_url().unwrap_err().to_string();
         assert!(err.contains("SLUICE_SURELY_UNSET_VAR"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Environment> {
+        Environment::parse(
+            "prod",
+            Path::new("environments/prod.toml"),
+            text,
+            Path::new("/p"),
+        )
+    }
+
+    #[test]
+    fn a_neon_section_parses_with_its_defaults() {
+        let env = parse(
+            "url_env = \"U\"\n[snapshot]\nprovider = \"neon\"\nproject_id = \"p1\"\nbranch_id = \"br-1\"\napi_key_env = \"NEON_API_KEY\"\n[snapshot.retention]\nkeep_last = 3\nmax_age = \"7days\"\n",
+        )
+        .unwrap();
+        let snapshot = env.snapshot.unwrap();
+        match snapshot.provider {
+            ProviderConfig::Neon(n) => {
+                assert_eq!(n.base_url, "https://console.neon.tech/api/v2");
+                assert_eq!(n.api_key, SecretSource::Env("NEON_API_KEY".into()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(snapshot.retention.keep_last, Some(3));
+        assert_eq!(
+            snapshot.retention.max_age,
+            Some(Duration::from_secs(7 * 86400))
+        );
+    }
+
+    #[test]
+    fn snapshot_errors_name_line_and_key() {
+        let err = parse("url_env = \"U\"\n[snapshot]\nprovider = \"rds\"\nbranch_id = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("prod.toml:4: key `snapshot.branch_id` does not apply to provider `rds`"),
+            "{err}"
+        );
+        let err = parse("url_env = \"U\"\n[snapshot]\nprovider = \"zfs\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("prod.toml:3: key `snapshot.provider`: unknown provider `zfs`"),
+            "{err}"
+        );
+        let err = parse("url_env = \"U\"\n[snapshot]\nprovider = \"rds\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs `instance_id`"), "{err}");
+        let err = parse("url_env = \"U\"\n[snapshot]\nprovider = \"pg-template\"\n[snapshot.retention]\nkeep_last = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("prod.toml:5: key `snapshot.retention.keep_last`"),
+            "{err}"
+        );
     }
 }

@@ -33,6 +33,9 @@ pub enum Error {
         /// The driver's or server's message.
         message: String,
     },
+    /// A snapshot provider (a local copy, Neon, RDS) could not create, restore, list or delete.
+    #[error("{0}")]
+    Snapshot(String),
     /// The command line asked for something that cannot be done.
     #[error("{0}")]
     Usage(String),

@@ -7,6 +7,9 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod migrations;
+pub mod promote;
+pub mod snapshot;
+pub mod store;
 pub mod target;
 pub mod testhook;
 

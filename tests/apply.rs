@@ -557,7 +557,7 @@ fn release(mut holder: std::process::Child, db: &TestDb) {
     let _ = holder.wait();
     db.psql(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE application_name = 'prisma-migrate-lookalike'",
+         WHERE application_name = 'prisma-migrate-lookalike' AND datname = current_database()",
     );
 }
 
@@ -568,7 +568,7 @@ fn a_held_lock_times_out_naming_the_holder_and_changes_nothing() {
     project.add_migration(M1, "CREATE TABLE a (id int);\n");
     let holder = spawn_psql_holding(&db, &["SELECT pg_advisory_lock(72707369)"]);
     let pid = db.psql(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = 'prisma-migrate-lookalike'",
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'prisma-migrate-lookalike' AND datname = current_database()",
     );
     let started = Instant::now();
     let out = project.run(&["apply", "--env", "t"]);

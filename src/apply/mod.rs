@@ -121,6 +121,9 @@ pub struct ApplyOptions {
     pub resume_failed: bool,
     /// Recorded with each history row in sluice mode.
     pub run_id: String,
+    /// The migrations that were to run when a snapshot was taken before taking the lock; if
+    /// the plan under the lock differs, another deploy got in between and nothing is applied.
+    pub expected_plan: Option<Vec<String>>,
 }
 
 /// One migration in a plan.
@@ -145,6 +148,21 @@ pub struct ApplyOutcome {
     pub plan: Vec<Planned>,
     /// Names applied by this call (empty for a dry run).
     pub applied: Vec<String>,
+}
+
+/// The migrations an apply with `opts` would run now, read without the lock (for deciding
+/// whether a snapshot is needed first).
+pub async fn pending(
+    target: &mut dyn Target,
+    ctx: &Context<'_>,
+    opts: &ApplyOptions,
+) -> Result<Vec<String>> {
+    let status = status(target, ctx).await?;
+    guard(ctx, &status, opts.resume_failed)?;
+    Ok(plan_work(ctx, &status, opts)?
+        .iter()
+        .map(|w| w.prepared.migration.name.clone())
+        .collect())
 }
 
 /// Reads the target's status without taking the lock or writing anything.
@@ -389,6 +407,19 @@ async fn apply_locked(
     guard(ctx, &status, opts.resume_failed)?;
     let work = plan_work(ctx, &status, opts)?;
     let plan: Vec<Planned> = work.iter().map(planned).collect();
+    if let Some(expected) = &opts.expected_plan {
+        let actual: Vec<String> = plan.iter().map(|p| p.name.clone()).collect();
+        if &actual != expected {
+            return Err(Error::Guard(format!(
+                "`{}` changed between the snapshot and the migration lock (another deploy ran?): \
+                 the snapshot was taken to apply [{}] but [{}] is pending now. Nothing was applied; \
+                 run the command again",
+                ctx.env.name,
+                expected.join(", "),
+                actual.join(", ")
+            )));
+        }
+    }
     observer.planned(&plan.iter().map(|p| p.name.clone()).collect::<Vec<_>>());
     let mut applied = Vec::with_capacity(work.len());
     let count = work.len();

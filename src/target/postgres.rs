@@ -31,7 +31,7 @@ fn millis(d: Duration) -> String {
 
 /// Splits Prisma's `schema=` parameter off a URL (sqlx does not know it) and returns it, so
 /// the same `DATABASE_URL` works for Prisma and sluice.
-fn take_schema_param(url: &str) -> (String, Option<String>) {
+pub(crate) fn take_schema_param(url: &str) -> (String, Option<String>) {
     let Some((base, query)) = url.split_once('?') else {
         return (url.to_string(), None);
     };
