@@ -253,11 +253,14 @@ pub async fn prune(
     dry_run: bool,
 ) -> Result<Vec<String>> {
     let listed = list_snapshots(env, provider, store).await?;
-    let doomed: Vec<String> = listed
+    // Snapshots go before preserved copies: on Neon a restore hangs the old snapshots under
+    // the preserved branch, which cannot be deleted while it has children.
+    let mut doomed: Vec<&Listed> = listed
         .iter()
         .filter(|l| l.verdict == retention::Verdict::Prune)
-        .map(|l| l.snapshot.name.clone())
         .collect();
+    doomed.sort_by_key(|l| l.snapshot.kind != snapshot::SnapshotKind::Snapshot);
+    let doomed: Vec<String> = doomed.iter().map(|l| l.snapshot.name.clone()).collect();
     if dry_run {
         return Ok(doomed);
     }

@@ -204,7 +204,8 @@ impl PgSnapshots {
         let admin = options
             .database(&maintenance_db)
             .application_name(APPLICATION_NAME)
-            .log_statements(tracing::log::LevelFilter::Trace);
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(1));
         Ok(PgSnapshots {
             env_name: env.name.clone(),
             database,

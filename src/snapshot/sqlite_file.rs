@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -61,6 +62,7 @@ impl SqliteFileSnapshots {
         SqliteConnectOptions::new()
             .filename(path)
             .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(1))
             .connect()
             .await
             .map_err(|e| Error::database(format!("opening {}", path.display()), e))
