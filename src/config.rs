@@ -82,6 +82,8 @@ pub struct Environment {
     pub history: Option<HistoryMode>,
     /// How to snapshot and restore this environment, when configured.
     pub snapshot: Option<SnapshotConfig>,
+    /// Checks that decide whether the environment is healthy after a run (`[[health]]`).
+    pub health: Vec<crate::health::HealthCheck>,
     /// The project's state directory (local snapshots, dumps, the store).
     pub state_dir: PathBuf,
     project_root: PathBuf,
@@ -234,6 +236,7 @@ struct RawEnvironment {
     statement_timeout: Option<Spanned<String>>,
     history: Option<Spanned<HistoryMode>>,
     snapshot: Option<RawSnapshot>,
+    health: Option<Vec<crate::health::RawHealthCheck>>,
 }
 
 /// Default wait for the migration lock and for DDL locks on the server.
@@ -447,6 +450,7 @@ impl Environment {
             statement_timeout,
             history: raw.history.map(Spanned::into_inner),
             snapshot,
+            health: crate::health::parse_checks(raw.health.unwrap_or_default(), path, text)?,
             state_dir: project_root.join(".sluice"),
             project_root: project_root.to_path_buf(),
         })
@@ -792,5 +796,18 @@ mod snapshot_tests {
             err.contains("prod.toml:5: key `snapshot.retention.keep_last`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn health_checks_are_read_from_the_environment_file() {
+        let env = parse(
+            "url_env = \"U\"\n[[health]]\nkind = \"schema\"\ntables = [\"User\"]\n[[health]]\nkind = \"sql\"\nquery = \"SELECT 1\"\nexpect = 1\n",
+        )
+        .unwrap();
+        assert_eq!(env.health.len(), 2);
+        let err = parse("url_env = \"U\"\n[[health]]\nkind = \"http\"\nurl = \"http://h/\"\nquery = \"SELECT 1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prod.toml:5: key `health[1].query`"), "{err}");
     }
 }

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod migrations;
 pub mod promote;
 pub mod snapshot;
