@@ -26,6 +26,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::apply::{self, ApplyOptions, Context, Observer, Resolution, State, Status};
 use crate::config::{Environment, Project};
 use crate::error::{Error, Result};
+use crate::health;
 use crate::migrations::classify::TxMode;
 use crate::migrations::{self, MigrationSet};
 use crate::promote::{self, Request};
@@ -72,6 +73,19 @@ pub enum Command {
     Restore(RestoreArgs),
     /// List snapshots and preserved copies, or prune what retention allows.
     Snapshots(SnapshotsArgs),
+    /// Run the environment's [[health]] checks now (exit 0 only when all succeed).
+    Check(CheckArgs),
+}
+
+/// `sluice check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Environment name (a file in environments/).
+    #[arg(long)]
+    pub env: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `sluice snapshot`.
@@ -258,6 +272,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Snapshot(args) => snapshot_cmd(&project, args).await,
         Command::Restore(args) => restore_cmd(&project, args).await,
         Command::Snapshots(args) => snapshots_cmd(&project, args).await,
+        Command::Check(args) => check_cmd(&project, args).await,
     }
 }
 
@@ -755,4 +770,43 @@ async fn snapshots_cmd(project: &Project, args: SnapshotsArgs) -> Result<u8> {
         say!("{table}");
     }
     Ok(0)
+}
+
+async fn check_cmd(project: &Project, args: CheckArgs) -> Result<u8> {
+    let env = project.environment(&args.env)?;
+    if env.health.is_empty() {
+        return Err(Error::Config(format!(
+            "{}: environment `{}` has no [[health]] checks",
+            env.file.display(),
+            env.name
+        )));
+    }
+    let url = env.database_url()?;
+    health::check_engine(&env.health, &url)?;
+    let json = args.json;
+    let sink = move |check: &str, m: &health::Measurement| {
+        if !json {
+            eprintln!("{check}: {:?} {}", m.outcome, m.message);
+        }
+    };
+    let (outcome, results) = health::run_all(&env.health, &url, &sink).await;
+    if args.json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"environment": env.name, "outcome": outcome, "checks": results})
+            )
+            .unwrap_or_default()
+        );
+    } else {
+        for r in &results {
+            say!("{:<24} {:?}: {}", r.name, r.outcome, r.summary);
+        }
+        say!("`{}` is {:?}", env.name, outcome);
+    }
+    Ok(if outcome == health::HealthOutcome::Successful {
+        0
+    } else {
+        1
+    })
 }

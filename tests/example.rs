@@ -122,3 +122,18 @@ fn a_broken_migration_on_sqlite_is_rolled_back_and_recorded() {
         ["20240301000000_broken"]
     );
 }
+
+#[test]
+fn the_example_health_checks_pass_only_after_the_migrations() {
+    let dir = example_copy();
+    let before = sluice(dir.path(), &["check", "--env", "dev"]);
+    assert_eq!(before.status.code(), Some(1), "{before:?}");
+    assert!(sluice(dir.path(), &["apply", "--env", "dev"])
+        .status
+        .success());
+    let after = sluice(dir.path(), &["check", "--env", "dev", "--json"]);
+    assert_eq!(after.status.code(), Some(0), "{after:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap();
+    assert_eq!(doc["outcome"], "successful");
+    assert_eq!(doc["checks"].as_array().unwrap().len(), 2);
+}
