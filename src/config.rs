@@ -250,12 +250,7 @@ struct FileContext<'a> {
 
 impl FileContext<'_> {
     fn line_of(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
+        crate::error::line_of(self.text, offset)
     }
 
     fn at<T>(&self, key: &str, value: &Spanned<T>, message: impl fmt::Display) -> Error {

@@ -158,6 +158,41 @@ pub fn redact_urls(text: &str) -> String {
     out
 }
 
+/// A reqwest error and its causes on one line, without the URL (callers name the endpoint) and
+/// with any credentials in nested URLs redacted.
+pub fn describe_http_error(err: reqwest::Error) -> String {
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else if err.is_body() || err.is_decode() {
+        "the answer was cut off"
+    } else {
+        "the request failed"
+    };
+    let err = err.without_url();
+    let mut parts: Vec<String> = Vec::new();
+    let mut source: Option<&dyn std::error::Error> = Some(&err);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    redact_urls(&format!("{kind} ({})", parts.join(": ")))
+}
+
+/// The 1-based line of a byte offset in a config file's text, for error messages.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_urls;

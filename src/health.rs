@@ -309,12 +309,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn line_of(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
+        crate::error::line_of(self.text, offset)
     }
 
     /// The line of the `index`-th (1-based) `[[health]]` header, for an empty table.
@@ -1142,7 +1137,12 @@ impl HttpProbe {
         let target = self.target();
         let mut response = match request.send().await {
             Ok(r) => r,
-            Err(e) => return Observation::error(format!("{target}: {}", describe_reqwest(e))),
+            Err(e) => {
+                return Observation::error(format!(
+                    "{target}: {}",
+                    crate::error::describe_http_error(e)
+                ))
+            }
         };
         let status = response.status().as_u16();
         let mut body = Vec::new();
@@ -1161,7 +1161,7 @@ impl HttpProbe {
                 Err(e) => {
                     return Observation::error(format!(
                         "{target}: answered {status} but reading the body failed: {}",
-                        describe_reqwest(e)
+                        crate::error::describe_http_error(e)
                     ))
                 }
             }
@@ -1254,30 +1254,6 @@ impl Probe for HttpProbe {
     async fn measure(&self) -> Measurement {
         timed(self.observe()).await
     }
-}
-
-/// The reqwest error and its causes on one line, without the URL (callers name it, redacted).
-fn describe_reqwest(err: reqwest::Error) -> String {
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "could not connect"
-    } else if err.is_body() || err.is_decode() {
-        "the answer was cut off"
-    } else {
-        "the request failed"
-    };
-    let err = err.without_url();
-    let mut parts: Vec<String> = Vec::new();
-    let mut source: Option<&dyn std::error::Error> = Some(&err);
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = e.source();
-    }
-    redact_urls(&format!("{kind} ({})", parts.join(": ")))
 }
 
 /// JSON equality where numbers compare by value, so `1` in TOML matches `1.0` in JSON.

@@ -2,7 +2,7 @@
 //! must give exactly the schema that plain `psql` gives, and a `_prisma_migrations` table
 //! that Prisma itself would accept.
 //!
-//! Needs the corpora (`../shared/corpora` or `$SLUICE_CORPORA`), hence `#[ignore]`:
+//! Needs the corpora (`../shared/corpora` or `$SLUICE_CORPORA`), hence ignored unless asked for:
 //! `cargo test --test corpora -- --ignored`.
 
 mod common;

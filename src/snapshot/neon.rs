@@ -206,30 +206,6 @@ fn seconds(d: Duration) -> String {
     }
 }
 
-/// The reqwest error and its causes on one line, without the URL (callers name the path).
-fn describe(err: reqwest::Error) -> String {
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "could not connect"
-    } else if err.is_body() || err.is_decode() {
-        "the response was cut off"
-    } else {
-        "the request failed"
-    };
-    let err = err.without_url();
-    let mut parts: Vec<String> = Vec::new();
-    let mut source: Option<&dyn std::error::Error> = Some(&err);
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = e.source();
-    }
-    format!("{kind} ({})", parts.join(": "))
-}
-
 /// `Retry-After` as seconds or an HTTP date.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
@@ -477,7 +453,7 @@ impl NeonSnapshots {
             Err(err) => {
                 let sent = !err.is_connect();
                 return Reply::NoAnswer {
-                    reason: describe(err),
+                    reason: crate::error::describe_http_error(err),
                     sent,
                 };
             }
@@ -491,7 +467,10 @@ impl NeonSnapshots {
                 body: bytes.to_vec(),
             },
             Err(err) => Reply::NoAnswer {
-                reason: format!("answered {status} but {}", describe(err)),
+                reason: format!(
+                    "answered {status} but {}",
+                    crate::error::describe_http_error(err)
+                ),
                 sent: true,
             },
         }
