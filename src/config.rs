@@ -279,19 +279,18 @@ impl FileContext<'_> {
 
     fn duration(&self, key: &str, value: &Option<Spanned<String>>) -> Result<Option<Duration>> {
         let Some(value) = value else { return Ok(None) };
-        humantime::parse_duration(value.get_ref().trim())
+        parse_duration(value.get_ref())
             .map(Some)
-            .map_err(|e| {
-                self.at(
-                    key,
-                    value,
-                    format!(
-                        "`{}` is not a duration ({e}); write e.g. \"10s\", \"2m\" or \"500ms\"",
-                        value.get_ref()
-                    ),
-                )
-            })
+            .map_err(|message| self.at(key, value, message))
     }
+}
+
+/// Parses a config duration such as `"10s"`, `"2m"` or `"500ms"`; the error is the message
+/// every config file shows for a bad one.
+pub(crate) fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("`{text}` is not a duration ({e}); write e.g. \"10s\", \"2m\" or \"500ms\"")
+    })
 }
 
 fn read(path: &Path) -> Result<String> {

@@ -349,18 +349,9 @@ impl Ctx<'_> {
         value: &Option<Spanned<String>>,
     ) -> Result<Option<Duration>, Error> {
         let Some(value) = value else { return Ok(None) };
-        humantime::parse_duration(value.get_ref().trim())
+        crate::config::parse_duration(value.get_ref())
             .map(Some)
-            .map_err(|e| {
-                self.at(
-                    key,
-                    value,
-                    format!(
-                        "`{}` is not a duration ({e}); write e.g. \"10s\", \"2m\" or \"500ms\"",
-                        value.get_ref()
-                    ),
-                )
-            })
+            .map_err(|message| self.at(key, value, message))
     }
 
     fn whole(
