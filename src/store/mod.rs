@@ -1,6 +1,9 @@
 //! Local state in an embedded sled database under the state directory: the append-only audit
-//! log (who did what, when and why), snapshots sluice made, and each environment's last
-//! successful run. Behind [`Store`] so a shared backend can replace sled later.
+//! log (who did what, when and why), snapshots sluice made, releases, runs with every
+//! transition, each environment's current release and the configuration as last loaded.
+//! Behind [`Store`] so a shared backend can replace sled later.
+
+pub mod records;
 
 use std::path::Path;
 
@@ -9,8 +12,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub use records::{
+    Approval, EnvironmentState, LoadedConfig, LoadedFile, RecordedMeasurement, Release,
+    ReleaseMigration, ReleaseOnEnvironment, Run, RunKind, RunState, Transition,
+};
+
+/// The on-disk format this build reads and writes. 1: events, snapshots, last successes.
+/// 2: events carry their run id and are indexed by it; releases, runs, environment states and
+/// the loaded configuration.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// One entry of the audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +37,9 @@ pub struct Event {
     pub reason: Option<String>,
     /// Facts of the action (names, run id, counts).
     pub detail: serde_json::Value,
+    /// The run it belongs to, if any.
+    #[serde(default)]
+    pub run_id: Option<String>,
 }
 
 /// A snapshot sluice made, as recorded when it made it.
@@ -73,14 +86,45 @@ pub trait Store: Send + Sync {
     fn set_last_success(&self, environment: &str, success: &LastSuccess) -> Result<()>;
     /// An environment's last successful run.
     fn last_success(&self, environment: &str) -> Result<Option<LastSuccess>>;
+    /// The audit log of one run, oldest first.
+    fn run_events(&self, run_id: &str) -> Result<Vec<Event>>;
+    /// Writes a run (new or changed) and flushes before returning.
+    fn put_run(&self, run: &Run) -> Result<()>;
+    /// One run.
+    fn run(&self, id: &str) -> Result<Option<Run>>;
+    /// All runs, oldest first.
+    fn runs(&self) -> Result<Vec<Run>>;
+    /// Records a release (idempotent: the first record of a hash is kept).
+    fn put_release(&self, release: &Release) -> Result<bool>;
+    /// One release by hash.
+    fn release(&self, hash: &str) -> Result<Option<Release>>;
+    /// All releases, oldest first.
+    fn releases(&self) -> Result<Vec<Release>>;
+    /// Marks the newest release of the migrations directory.
+    fn set_head_release(&self, hash: &str) -> Result<()>;
+    /// The newest release of the migrations directory.
+    fn head_release(&self) -> Result<Option<String>>;
+    /// Records what sluice knows about an environment's release.
+    fn put_environment_state(&self, environment: &str, state: &EnvironmentState) -> Result<()>;
+    /// What sluice knows about an environment's release.
+    fn environment_state(&self, environment: &str) -> Result<EnvironmentState>;
+    /// Records the configuration as loaded.
+    fn put_loaded_config(&self, config: &LoadedConfig) -> Result<()>;
+    /// The configuration as last loaded.
+    fn loaded_config(&self) -> Result<Option<LoadedConfig>>;
 }
 
 /// The sled-backed store.
 pub struct SledStore {
     db: sled::Db,
     events: sled::Tree,
+    run_events: sled::Tree,
     snapshots: sled::Tree,
     environments: sled::Tree,
+    environment_states: sled::Tree,
+    runs: sled::Tree,
+    releases: sled::Tree,
+    meta: sled::Tree,
 }
 
 fn store_error(context: &str, err: impl std::fmt::Display) -> Error {
@@ -115,39 +159,86 @@ impl SledStore {
         let meta = db
             .open_tree("meta")
             .map_err(|e| store_error("opening meta", e))?;
-        match meta
-            .get("format_version")
-            .map_err(|e| store_error("reading the format version", e))?
-        {
-            None => {
-                meta.insert("format_version", &FORMAT_VERSION.to_be_bytes())
-                    .map_err(|e| store_error("writing the format version", e))?;
-            }
-            Some(bytes) => {
-                let version = <[u8; 4]>::try_from(bytes.as_ref())
-                    .map(u32::from_be_bytes)
-                    .unwrap_or(u32::MAX);
-                if version > FORMAT_VERSION {
-                    return Err(Error::Io {
-                        path: dir.display().to_string(),
-                        message: format!(
-                            "the state store has format {version}, newer than this sluice understands \
-                             ({FORMAT_VERSION}); upgrade sluice"
-                        ),
-                    });
-                }
-            }
-        }
         let open = |name: &str| {
             db.open_tree(name)
                 .map_err(|e| store_error("opening a tree", e))
         };
-        Ok(SledStore {
+        let store = SledStore {
             events: open("events")?,
+            run_events: open("run_events")?,
             snapshots: open("snapshots")?,
             environments: open("environments")?,
+            environment_states: open("environment_states")?,
+            runs: open("runs")?,
+            releases: open("releases")?,
+            meta,
             db,
-        })
+        };
+        let version = match store
+            .meta
+            .get("format_version")
+            .map_err(|e| store_error("reading the format version", e))?
+        {
+            None if store.events.is_empty() && store.snapshots.is_empty() => FORMAT_VERSION,
+            None => 1,
+            Some(bytes) => <[u8; 4]>::try_from(bytes.as_ref())
+                .map(u32::from_be_bytes)
+                .unwrap_or(u32::MAX),
+        };
+        if version > FORMAT_VERSION {
+            return Err(Error::Io {
+                path: dir.display().to_string(),
+                message: format!(
+                    "the state store has format {version}, newer than this sluice understands \
+                     ({FORMAT_VERSION}); upgrade sluice"
+                ),
+            });
+        }
+        if version < 2 {
+            store.migrate_1_to_2()?;
+        }
+        store
+            .meta
+            .insert("format_version", &FORMAT_VERSION.to_be_bytes())
+            .map_err(|e| store_error("writing the format version", e))?;
+        store.flush()?;
+        Ok(store)
+    }
+
+    /// The format version recorded in the store.
+    pub fn format_version(&self) -> Result<u32> {
+        Ok(self
+            .meta
+            .get("format_version")
+            .map_err(|e| store_error("reading the format version", e))?
+            .and_then(|b| <[u8; 4]>::try_from(b.as_ref()).ok())
+            .map(u32::from_be_bytes)
+            .unwrap_or(1))
+    }
+
+    /// Format 1 events kept their run id only inside `detail`; format 2 gives every event its
+    /// run id and indexes events by run.
+    fn migrate_1_to_2(&self) -> Result<()> {
+        for item in self.events.iter() {
+            let (key, value) = item.map_err(|e| store_error("reading events", e))?;
+            let mut event: Event = decode(&value)?;
+            if event.run_id.is_none() {
+                event.run_id = event
+                    .detail
+                    .get("run_id")
+                    .and_then(|v| v.as_str())
+                    .map(String::from);
+            }
+            if let Some(run_id) = &event.run_id {
+                self.run_events
+                    .insert(run_event_key(run_id, &key), key.as_ref())
+                    .map_err(|e| store_error("indexing events", e))?;
+            }
+            self.events
+                .insert(key, encode(&event)?)
+                .map_err(|e| store_error("migrating events", e))?;
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {
@@ -214,6 +305,52 @@ impl Store for OnDemandStore {
     fn last_success(&self, environment: &str) -> Result<Option<LastSuccess>> {
         self.with(|s| s.last_success(environment))
     }
+    fn run_events(&self, run_id: &str) -> Result<Vec<Event>> {
+        self.with(|s| s.run_events(run_id))
+    }
+    fn put_run(&self, run: &Run) -> Result<()> {
+        self.with(|s| s.put_run(run))
+    }
+    fn run(&self, id: &str) -> Result<Option<Run>> {
+        self.with(|s| s.run(id))
+    }
+    fn runs(&self) -> Result<Vec<Run>> {
+        self.with(|s| s.runs())
+    }
+    fn put_release(&self, release: &Release) -> Result<bool> {
+        self.with(|s| s.put_release(release))
+    }
+    fn release(&self, hash: &str) -> Result<Option<Release>> {
+        self.with(|s| s.release(hash))
+    }
+    fn releases(&self) -> Result<Vec<Release>> {
+        self.with(|s| s.releases())
+    }
+    fn set_head_release(&self, hash: &str) -> Result<()> {
+        self.with(|s| s.set_head_release(hash))
+    }
+    fn head_release(&self) -> Result<Option<String>> {
+        self.with(|s| s.head_release())
+    }
+    fn put_environment_state(&self, environment: &str, state: &EnvironmentState) -> Result<()> {
+        self.with(|s| s.put_environment_state(environment, state))
+    }
+    fn environment_state(&self, environment: &str) -> Result<EnvironmentState> {
+        self.with(|s| s.environment_state(environment))
+    }
+    fn put_loaded_config(&self, config: &LoadedConfig) -> Result<()> {
+        self.with(|s| s.put_loaded_config(config))
+    }
+    fn loaded_config(&self) -> Result<Option<LoadedConfig>> {
+        self.with(|s| s.loaded_config())
+    }
+}
+
+fn run_event_key(run_id: &str, event_key: &[u8]) -> Vec<u8> {
+    let mut key = run_id.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(event_key);
+    key
 }
 
 fn snapshot_key(environment: &str, name: &str) -> Vec<u8> {
@@ -240,6 +377,11 @@ impl Store for SledStore {
         self.events
             .insert(id.to_be_bytes(), encode(event)?)
             .map_err(|e| store_error("appending an event", e))?;
+        if let Some(run_id) = &event.run_id {
+            self.run_events
+                .insert(run_event_key(run_id, &id.to_be_bytes()), &id.to_be_bytes())
+                .map_err(|e| store_error("indexing an event", e))?;
+        }
         self.flush()
     }
 
@@ -298,6 +440,133 @@ impl Store for SledStore {
             None => Ok(None),
         }
     }
+
+    fn run_events(&self, run_id: &str) -> Result<Vec<Event>> {
+        let mut prefix = run_id.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.run_events.scan_prefix(prefix) {
+            let (_, event_key) = item.map_err(|e| store_error("reading the event index", e))?;
+            if let Some(value) = self
+                .events
+                .get(&event_key)
+                .map_err(|e| store_error("reading an event", e))?
+            {
+                out.push(decode(&value)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_run(&self, run: &Run) -> Result<()> {
+        self.runs
+            .insert(run.id.as_bytes(), encode(run)?)
+            .map_err(|e| store_error("writing a run", e))?;
+        self.flush()
+    }
+
+    fn run(&self, id: &str) -> Result<Option<Run>> {
+        self.runs
+            .get(id.as_bytes())
+            .map_err(|e| store_error("reading a run", e))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn runs(&self) -> Result<Vec<Run>> {
+        let mut runs: Vec<Run> = self
+            .runs
+            .iter()
+            .map(|item| {
+                let (_, value) = item.map_err(|e| store_error("reading runs", e))?;
+                decode(&value)
+            })
+            .collect::<Result<_>>()?;
+        runs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(runs)
+    }
+
+    fn put_release(&self, release: &Release) -> Result<bool> {
+        let fresh = self
+            .releases
+            .compare_and_swap(
+                release.hash.as_bytes(),
+                None as Option<&[u8]>,
+                Some(encode(release)?),
+            )
+            .map_err(|e| store_error("recording a release", e))?
+            .is_ok();
+        self.flush()?;
+        Ok(fresh)
+    }
+
+    fn release(&self, hash: &str) -> Result<Option<Release>> {
+        self.releases
+            .get(hash.as_bytes())
+            .map_err(|e| store_error("reading a release", e))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn releases(&self) -> Result<Vec<Release>> {
+        let mut releases: Vec<Release> = self
+            .releases
+            .iter()
+            .map(|item| {
+                let (_, value) = item.map_err(|e| store_error("reading releases", e))?;
+                decode(&value)
+            })
+            .collect::<Result<_>>()?;
+        releases.sort_by_key(|r| r.recorded_at);
+        Ok(releases)
+    }
+
+    fn set_head_release(&self, hash: &str) -> Result<()> {
+        self.meta
+            .insert("head_release", hash.as_bytes())
+            .map_err(|e| store_error("recording the head release", e))?;
+        self.flush()
+    }
+
+    fn head_release(&self) -> Result<Option<String>> {
+        Ok(self
+            .meta
+            .get("head_release")
+            .map_err(|e| store_error("reading the head release", e))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn put_environment_state(&self, environment: &str, state: &EnvironmentState) -> Result<()> {
+        self.environment_states
+            .insert(environment.as_bytes(), encode(state)?)
+            .map_err(|e| store_error("writing an environment's state", e))?;
+        self.flush()
+    }
+
+    fn environment_state(&self, environment: &str) -> Result<EnvironmentState> {
+        Ok(self
+            .environment_states
+            .get(environment.as_bytes())
+            .map_err(|e| store_error("reading an environment's state", e))?
+            .map(|v| decode(&v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    fn put_loaded_config(&self, config: &LoadedConfig) -> Result<()> {
+        self.meta
+            .insert("loaded_config", encode(config)?)
+            .map_err(|e| store_error("recording the loaded configuration", e))?;
+        self.flush()
+    }
+
+    fn loaded_config(&self) -> Result<Option<LoadedConfig>> {
+        self.meta
+            .get("loaded_config")
+            .map_err(|e| store_error("reading the loaded configuration", e))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +583,7 @@ mod tests {
             environment: env.into(),
             reason: Some("because".into()),
             detail: serde_json::json!({"n": 1}),
+            run_id: None,
         };
         {
             let store = SledStore::open(dir.path()).unwrap();
@@ -350,6 +620,117 @@ mod tests {
             Some("s1")
         );
         assert!(store.last_success("prod").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_format_1_store_is_migrated_and_its_events_indexed_by_run() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("format_version", &1u32.to_be_bytes())
+                .unwrap();
+            let events = db.open_tree("events").unwrap();
+            let old = |action: &str, run: &str| {
+                serde_json::to_vec(&serde_json::json!({
+                    "at": "2026-01-01T00:00:00Z", "actor": "alice", "action": action,
+                    "environment": "dev", "reason": null, "detail": {"run_id": run}
+                }))
+                .unwrap()
+            };
+            events
+                .insert(1u64.to_be_bytes(), old("snapshot.created", "r1"))
+                .unwrap();
+            events
+                .insert(2u64.to_be_bytes(), old("apply.succeeded", "r2"))
+                .unwrap();
+            events
+                .insert(3u64.to_be_bytes(), old("restore.succeeded", "r1"))
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.format_version().unwrap(), FORMAT_VERSION);
+        let actions: Vec<_> = store
+            .run_events("r1")
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.action, e.run_id))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("snapshot.created".to_string(), Some("r1".to_string())),
+                ("restore.succeeded".to_string(), Some("r1".to_string()))
+            ]
+        );
+        assert_eq!(store.events(None).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_store_from_a_newer_sluice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("format_version", &99u32.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledStore::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("format 99, newer than this sluice"), "{err}");
+    }
+
+    #[test]
+    fn releases_are_recorded_once_and_runs_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let release = Release {
+            hash: "abc".into(),
+            head: Some("m1".into()),
+            migrations: vec![ReleaseMigration {
+                name: "m1".into(),
+                checksum: "c1".into(),
+            }],
+            recorded_at: Utc::now(),
+            source: "test".into(),
+        };
+        assert!(store.put_release(&release).unwrap());
+        let mut later = release.clone();
+        later.source = "again".into();
+        assert!(!store.put_release(&later).unwrap());
+        assert_eq!(store.release("abc").unwrap().unwrap().source, "test");
+        let run = Run {
+            id: "r1".into(),
+            kind: RunKind::Promotion,
+            environment: "dev".into(),
+            release: "abc".into(),
+            head: Some("m1".into()),
+            previous_release: None,
+            requested_by: "alice".into(),
+            reason: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            state: RunState::Applying {
+                index: 1,
+                total: 2,
+                migration: "m1".into(),
+            },
+            transitions: vec![],
+            plan: vec!["m1".into()],
+            applied: vec![],
+            snapshot: Some("s".into()),
+            approvals: vec![],
+            measurements: vec![],
+            health: None,
+            error: None,
+            rolls_back: None,
+        };
+        store.put_run(&run).unwrap();
+        assert_eq!(store.run("r1").unwrap().unwrap(), run);
+        assert_eq!(store.runs().unwrap().len(), 1);
     }
 
     #[test]

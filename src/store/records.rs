@@ -1,0 +1,343 @@
+//! The records the promotion daemon keeps: releases, runs with every transition, approvals,
+//! each environment's current release, and the configuration as last loaded.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::health::{HealthOutcome, Measurement};
+use crate::migrations::MigrationSet;
+
+/// An ordered list of migrations up to a head, identified by the hash of its (name, checksum)
+/// pairs: what gets promoted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    /// Hash of the ordered (name, checksum) pairs.
+    pub hash: String,
+    /// The last migration, if there is any.
+    pub head: Option<String>,
+    /// The migrations in order, each with its checksum.
+    pub migrations: Vec<ReleaseMigration>,
+    /// When sluice first saw it.
+    pub recorded_at: DateTime<Utc>,
+    /// What made sluice record it (`reload`, `api`, `watch`, `start`).
+    pub source: String,
+}
+
+/// One migration of a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseMigration {
+    /// Full name.
+    pub name: String,
+    /// SHA-256 of the forward script.
+    pub checksum: String,
+}
+
+impl Release {
+    /// The release a migrations directory holds now.
+    pub fn of(set: &MigrationSet, source: &str) -> Release {
+        Release {
+            hash: set.release_hash(),
+            head: set.migrations.last().map(|m| m.name.clone()),
+            migrations: set
+                .migrations
+                .iter()
+                .map(|m| ReleaseMigration {
+                    name: m.name.clone(),
+                    checksum: m.checksum.clone(),
+                })
+                .collect(),
+            recorded_at: Utc::now(),
+            source: source.into(),
+        }
+    }
+
+    /// The first twelve characters of the hash, for people.
+    pub fn short(&self) -> &str {
+        short_hash(&self.hash)
+    }
+
+    /// Whether every migration of `self` is, in order, the start of `other`.
+    pub fn is_prefix_of(&self, other: &Release) -> bool {
+        self.migrations.len() <= other.migrations.len()
+            && self
+                .migrations
+                .iter()
+                .zip(&other.migrations)
+                .all(|(a, b)| a == b)
+    }
+}
+
+/// The first twelve characters of a release hash.
+pub fn short_hash(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// What a run is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    /// Bring an environment to a release.
+    Promotion,
+    /// Put an environment back where it was before its last successful promotion.
+    Rollback,
+}
+
+/// Where a run is. Every change is written to the store before the action it announces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum RunState {
+    /// Recorded; its gates have not been looked at yet.
+    Queued,
+    /// Held by gates (soak, approvals, a window, another run), each saying what it waits for.
+    Gated {
+        /// One sentence per closed gate.
+        waiting_for: Vec<String>,
+    },
+    /// The environment is reserved for this run; next it takes the snapshot.
+    Locked,
+    /// The snapshot exists (or none is configured); next it applies.
+    Snapshotted,
+    /// Applying migration `index` (1-based) of `total`.
+    Applying {
+        /// 1-based position of the migration being applied.
+        index: usize,
+        /// Migrations in the run.
+        total: usize,
+        /// Its name.
+        migration: String,
+    },
+    /// Everything applied; health checks are running.
+    Verifying,
+    /// On the release and healthy.
+    Succeeded,
+    /// Putting the environment back.
+    RollingBack {
+        /// `down` or `snapshot`.
+        method: String,
+        /// Why.
+        reason: String,
+    },
+    /// Back on the previous release.
+    RolledBack {
+        /// How it was put back.
+        method: String,
+        /// Why.
+        reason: String,
+    },
+    /// Stopped; a person has to decide (resume, roll back, or resolve by hand).
+    Halted {
+        /// What happened and what to do.
+        reason: String,
+    },
+    /// Cancelled before it touched anything.
+    Cancelled {
+        /// Who or what cancelled it and why.
+        reason: String,
+    },
+    /// An approver said no.
+    Rejected {
+        /// Who and why.
+        reason: String,
+    },
+}
+
+impl RunState {
+    /// The state's name as stored and shown (`queued`, `applying`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Gated { .. } => "gated",
+            RunState::Locked => "locked",
+            RunState::Snapshotted => "snapshotted",
+            RunState::Applying { .. } => "applying",
+            RunState::Verifying => "verifying",
+            RunState::Succeeded => "succeeded",
+            RunState::RollingBack { .. } => "rolling_back",
+            RunState::RolledBack { .. } => "rolled_back",
+            RunState::Halted { .. } => "halted",
+            RunState::Cancelled { .. } => "cancelled",
+            RunState::Rejected { .. } => "rejected",
+        }
+    }
+
+    /// Nothing more will happen to the run by itself or by a person.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded
+                | RunState::RolledBack { .. }
+                | RunState::Cancelled { .. }
+                | RunState::Rejected { .. }
+        )
+    }
+
+    /// The run has not touched its environment yet (it may still be cancelled or replaced).
+    pub fn is_waiting(&self) -> bool {
+        matches!(self, RunState::Queued | RunState::Gated { .. })
+    }
+
+    /// The run holds its environment: from `locked` until it ends, including `halted`, which
+    /// keeps the environment reserved until a person resumes, rolls back or cancels it.
+    pub fn holds_environment(&self) -> bool {
+        !self.is_final() && !self.is_waiting()
+    }
+
+    /// One line for people: the state and its details.
+    pub fn describe(&self) -> String {
+        match self {
+            RunState::Gated { waiting_for } => format!("gated: {}", waiting_for.join("; ")),
+            RunState::Applying {
+                index,
+                total,
+                migration,
+            } => format!("applying {index}/{total}: {migration}"),
+            RunState::RollingBack { method, reason } => {
+                format!("rolling back ({method}): {reason}")
+            }
+            RunState::RolledBack { method, reason } => {
+                format!("rolled back ({method}): {reason}")
+            }
+            RunState::Halted { reason } => format!("halted: {reason}"),
+            RunState::Cancelled { reason } => format!("cancelled: {reason}"),
+            RunState::Rejected { reason } => format!("rejected: {reason}"),
+            other => other.name().to_string(),
+        }
+    }
+}
+
+/// One state change of a run, kept in order on the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The new state.
+    #[serde(flatten)]
+    pub state: RunState,
+    /// Who caused it (`sluice` for the machine itself).
+    pub actor: String,
+}
+
+/// An approval given to a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Who approved.
+    pub by: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What they said.
+    pub comment: Option<String>,
+}
+
+/// One health measurement, recorded on the run the moment it is taken.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedMeasurement {
+    /// The check's name.
+    pub check: String,
+    /// What was measured.
+    #[serde(flatten)]
+    pub measurement: Measurement,
+}
+
+/// One attempt to bring one environment to one release (or back from it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// Unique id (a uuid); snapshot names derive from it.
+    pub id: String,
+    /// Promotion or rollback.
+    pub kind: RunKind,
+    /// The environment it changes.
+    pub environment: String,
+    /// The release it brings the environment to (for a rollback: the release it leaves).
+    pub release: String,
+    /// The release's last migration.
+    pub head: Option<String>,
+    /// The environment's release when the run was requested.
+    pub previous_release: Option<String>,
+    /// Who asked.
+    pub requested_by: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// When it was requested.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Where it is now.
+    pub state: RunState,
+    /// Every state it went through, oldest first.
+    pub transitions: Vec<Transition>,
+    /// The migrations it set out to apply (known from `locked` on).
+    pub plan: Vec<String>,
+    /// The migrations it applied and committed.
+    pub applied: Vec<String>,
+    /// The snapshot taken before it changed anything.
+    pub snapshot: Option<String>,
+    /// Approvals given.
+    pub approvals: Vec<Approval>,
+    /// Every health measurement taken while verifying.
+    pub measurements: Vec<RecordedMeasurement>,
+    /// The health verdict.
+    pub health: Option<HealthOutcome>,
+    /// The error that ended or stopped it, if any.
+    pub error: Option<String>,
+    /// For a rollback run: the run whose changes it undoes.
+    pub rolls_back: Option<String>,
+}
+
+impl Run {
+    /// The run's number of state changes, used to tell API clients what they saw.
+    pub fn version(&self) -> usize {
+        self.transitions.len()
+    }
+}
+
+/// What the daemon knows about an environment: the release it is on, since when, and by which
+/// run. The target's history table stays the truth; this is the record of what sluice did.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct EnvironmentState {
+    /// The release it is on, if sluice brought it to one.
+    pub release: Option<String>,
+    /// The release's head migration.
+    pub head: Option<String>,
+    /// Since when (the end of the run that brought it there).
+    pub since: Option<DateTime<Utc>>,
+    /// That run.
+    pub run_id: Option<String>,
+    /// Whether that run's health checks passed.
+    pub healthy: bool,
+    /// Earlier releases, newest first (kept short).
+    pub history: Vec<ReleaseOnEnvironment>,
+}
+
+/// An earlier release of an environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseOnEnvironment {
+    /// The release.
+    pub release: Option<String>,
+    /// Since when.
+    pub since: Option<DateTime<Utc>>,
+    /// The run that brought it.
+    pub run_id: Option<String>,
+}
+
+/// One configuration file as the daemon last loaded it (environment files hold no secrets:
+/// URLs of servers come from environment variables or files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadedFile {
+    /// Path relative to the project root.
+    pub path: String,
+    /// SHA-256 of the contents.
+    pub sha256: String,
+    /// The contents.
+    pub text: String,
+}
+
+/// The configuration the daemon runs with, as last loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadedConfig {
+    /// When it was loaded.
+    pub at: DateTime<Utc>,
+    /// Who asked (`sluice` on start).
+    pub by: String,
+    /// The environment and policy files.
+    pub files: Vec<LoadedFile>,
+}
