@@ -23,6 +23,8 @@ macro_rules! say {
 use comfy_table::{presets, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 
+pub mod ladder;
+
 use crate::apply::{self, ApplyOptions, Context, Observer, Resolution, State, Status};
 use crate::config::{Environment, Project};
 use crate::error::{Error, Result};
@@ -75,6 +77,33 @@ pub enum Command {
     Snapshots(SnapshotsArgs),
     /// Run the environment's [[health]] checks now (exit 0 only when all succeed).
     Check(CheckArgs),
+    /// Run the promotion daemon: the HTTP API, gates, runs and crash recovery.
+    Serve(ladder::ServeArgs),
+    /// Bring an environment (and, unless --only, those upstream of it) to a release, following
+    /// the runs until they end or wait for a person (exit 0 all succeeded, 1 one failed or
+    /// rolled back, 3 one waits for an approval).
+    Promote(ladder::PromoteArgs),
+    /// Show each environment's release and runs.
+    Environments(ladder::EnvironmentsArgs),
+    /// List runs, newest first.
+    Runs(ladder::RunsArgs),
+    /// Show one run: its transitions, measurements and audit trail.
+    Run(ladder::RunArgs),
+    /// Approve a waiting run.
+    Approve(ladder::ApproveArgs),
+    /// Reject a waiting run.
+    Reject(ladder::RejectArgs),
+    /// Cancel a waiting or halted run.
+    Cancel(ladder::RejectArgs),
+    /// Continue a halted run from the step it stopped at.
+    Resume(ladder::ResumeArgs),
+    /// Put an environment back where it was before its last promotion.
+    Rollback(ladder::RollbackArgs),
+    /// Tell the daemon to re-read its files (a bad file changes nothing).
+    Reload(ladder::ReloadArgs),
+    /// Make API tokens for the daemon's tokens file.
+    #[command(subcommand)]
+    Token(ladder::TokenCommand),
 }
 
 /// `sluice check`.
@@ -223,8 +252,14 @@ pub struct ResolveArgs {
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log_format, default_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
@@ -245,14 +280,14 @@ pub fn main() -> ExitCode {
 
 fn exit_code_of(err: &Error) -> u8 {
     match err {
-        Error::Guard(_) | Error::Migration(_) | Error::Lock(_) => 1,
+        Error::Guard(_) | Error::Migration(_) | Error::Lock(_) | Error::Conflict(_) => 1,
         _ => 2,
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -273,6 +308,18 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Restore(args) => restore_cmd(&project, args).await,
         Command::Snapshots(args) => snapshots_cmd(&project, args).await,
         Command::Check(args) => check_cmd(&project, args).await,
+        Command::Serve(args) => ladder::serve(&project, args).await,
+        Command::Promote(args) => ladder::promote(&project, args).await,
+        Command::Environments(args) => ladder::environments(&project, args).await,
+        Command::Runs(args) => ladder::runs(&project, args).await,
+        Command::Run(args) => ladder::run(&project, args).await,
+        Command::Approve(args) => ladder::approve(&project, args).await,
+        Command::Reject(args) => ladder::decide(&project, args, "reject").await,
+        Command::Cancel(args) => ladder::decide(&project, args, "cancel").await,
+        Command::Resume(args) => ladder::resume(&project, args).await,
+        Command::Rollback(args) => ladder::rollback(&project, args).await,
+        Command::Reload(args) => ladder::reload(&project, args).await,
+        Command::Token(command) => ladder::token(&project, command),
     }
 }
 
@@ -590,7 +637,7 @@ async fn resolve(project: &Project, args: ResolveArgs) -> Result<u8> {
 }
 
 /// Who is acting: `--by`, else `$SLUICE_ACTOR`, else `$USER`.
-fn actor(by: Option<String>) -> String {
+pub(crate) fn actor(by: Option<String>) -> String {
     by.or_else(|| std::env::var("SLUICE_ACTOR").ok())
         .or_else(|| std::env::var("USER").ok())
         .filter(|a| !a.trim().is_empty())

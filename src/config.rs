@@ -26,6 +26,35 @@ pub struct Project {
     pub migrations_dir: PathBuf,
     /// Where sluice keeps local state (SQLite files of the example, later the store).
     pub state_dir: PathBuf,
+    /// How `sluice serve` listens and whom it lets in.
+    pub daemon: DaemonConfig,
+}
+
+/// The `[daemon]` section of `sluice.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    /// Address the HTTP API listens on; CLI commands talk to it there.
+    pub listen: String,
+    /// The file of hashed API tokens, if any (without one every API call but health is refused).
+    pub tokens_file: Option<PathBuf>,
+    /// How often gates (soak, windows) are evaluated again.
+    pub tick: Duration,
+    /// How often the migrations directory is read for a new release; zero turns watching off.
+    pub watch_interval: Duration,
+}
+
+/// Where the daemon listens unless `sluice.toml` says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7407";
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            listen: DEFAULT_LISTEN.into(),
+            tokens_file: None,
+            tick: Duration::from_secs(1),
+            watch_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -33,6 +62,16 @@ pub struct Project {
 struct RawProject {
     migrations: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
+    daemon: Option<RawDaemon>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    listen: Option<Spanned<String>>,
+    tokens_file: Option<Spanned<String>>,
+    tick: Option<Spanned<String>>,
+    watch_interval: Option<Spanned<String>>,
 }
 
 /// Which history table records applied migrations.
@@ -242,18 +281,21 @@ struct RawEnvironment {
 /// Default wait for the migration lock and for DDL locks on the server.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Position-aware error builder for one TOML file.
-struct FileContext<'a> {
-    path: &'a Path,
-    text: &'a str,
+/// Position-aware error builder for one TOML file; shared with `policy` and the tokens file,
+/// so every config file names file, line and key the same way.
+pub(crate) struct FileContext<'a> {
+    /// The file, for messages.
+    pub(crate) path: &'a Path,
+    /// The file's text, to turn byte offsets into line numbers.
+    pub(crate) text: &'a str,
 }
 
 impl FileContext<'_> {
-    fn line_of(&self, offset: usize) -> usize {
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
         crate::error::line_of(self.text, offset)
     }
 
-    fn at<T>(&self, key: &str, value: &Spanned<T>, message: impl fmt::Display) -> Error {
+    pub(crate) fn at<T>(&self, key: &str, value: &Spanned<T>, message: impl fmt::Display) -> Error {
         Error::Config(format!(
             "{}:{}: key `{key}`: {message}",
             self.path.display(),
@@ -261,7 +303,7 @@ impl FileContext<'_> {
         ))
     }
 
-    fn parse_error(&self, err: toml::de::Error) -> Error {
+    pub(crate) fn parse_error(&self, err: toml::de::Error) -> Error {
         let line = err.span().map(|s| self.line_of(s.start));
         let key = line.and_then(|l| {
             let text = self.text.lines().nth(l - 1)?;
@@ -277,7 +319,11 @@ impl FileContext<'_> {
         })
     }
 
-    fn duration(&self, key: &str, value: &Option<Spanned<String>>) -> Result<Option<Duration>> {
+    pub(crate) fn duration(
+        &self,
+        key: &str,
+        value: &Option<Spanned<String>>,
+    ) -> Result<Option<Duration>> {
         let Some(value) = value else { return Ok(None) };
         parse_duration(value.get_ref())
             .map(Some)
@@ -302,19 +348,42 @@ impl Project {
     /// `.sluice/`, so a directory of migrations works without ceremony.
     pub fn load(root: &Path) -> Result<Project> {
         let path = root.join(PROJECT_FILE);
-        let raw = if path.exists() {
-            let text = read(&path)?;
-            let ctx = FileContext {
-                path: &path,
-                text: &text,
-            };
-            toml::from_str::<RawProject>(&text).map_err(|e| ctx.parse_error(e))?
+        let text = if path.exists() {
+            read(&path)?
         } else {
-            RawProject {
-                migrations: None,
-                state_dir: None,
-            }
+            String::new()
         };
+        let ctx = FileContext {
+            path: &path,
+            text: &text,
+        };
+        let raw = toml::from_str::<RawProject>(&text).map_err(|e| ctx.parse_error(e))?;
+        let mut daemon = DaemonConfig::default();
+        if let Some(d) = raw.daemon {
+            if let Some(listen) = &d.listen {
+                if listen.get_ref().parse::<std::net::SocketAddr>().is_err() {
+                    return Err(ctx.at(
+                        "listen",
+                        listen,
+                        format!(
+                            "`{}` is not an address such as \"127.0.0.1:7407\"",
+                            listen.get_ref()
+                        ),
+                    ));
+                }
+                daemon.listen = listen.get_ref().clone();
+            }
+            daemon.tokens_file = d.tokens_file.map(|t| root.join(t.into_inner()));
+            if let (Some(tick), Some(raw_tick)) = (ctx.duration("tick", &d.tick)?, &d.tick) {
+                if tick.is_zero() {
+                    return Err(ctx.at("tick", raw_tick, "must be more than zero"));
+                }
+                daemon.tick = tick;
+            }
+            if let Some(watch) = ctx.duration("watch_interval", &d.watch_interval)? {
+                daemon.watch_interval = watch;
+            }
+        }
         let resolve = |v: Option<Spanned<String>>, default: &str| {
             let p = v.map(|s| s.into_inner()).unwrap_or_else(|| default.into());
             root.join(p)
@@ -323,6 +392,7 @@ impl Project {
             root: root.to_path_buf(),
             migrations_dir: resolve(raw.migrations, "migrations"),
             state_dir: resolve(raw.state_dir, ".sluice"),
+            daemon,
         })
     }
 

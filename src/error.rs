@@ -39,6 +39,15 @@ pub enum Error {
     /// The command line asked for something that cannot be done.
     #[error("{0}")]
     Usage(String),
+    /// A run, release or environment asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with what is happening (a run in the wrong state, a duplicate).
+    #[error("{0}")]
+    Conflict(String),
+    /// A rule forbids the request for this caller (self-approval, not an allowed approver).
+    #[error("{0}")]
+    Refused(String),
     /// A local file could not be read or written.
     #[error("{path}: {message}")]
     Io {

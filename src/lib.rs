@@ -2,12 +2,16 @@
 //!
 //! The library holds everything; `main.rs` only parses the command line and calls [`cli::run`].
 
+pub mod api;
 pub mod apply;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod health;
 pub mod migrations;
+pub mod policy;
 pub mod promote;
 pub mod snapshot;
 pub mod store;

@@ -2,7 +2,12 @@
 //! section and there is something to apply, then apply, then record the outcome. Manual
 //! snapshots, restores and pruning are recorded the same way, with who and why.
 //!
-//! This is the seed of the promotion state machine: the daemon will drive the same steps.
+//! The promotion engine and its state machine live in the submodules.
+
+pub mod engine;
+pub mod gates;
+pub mod machine;
+pub mod views;
 
 use chrono::Utc;
 use serde_json::json;
@@ -31,6 +36,10 @@ fn event(env: &Environment, request: &Request, action: &str, detail: serde_json:
         action: action.into(),
         environment: env.name.clone(),
         reason: request.reason.clone(),
+        run_id: detail
+            .get("run_id")
+            .and_then(|v| v.as_str())
+            .map(String::from),
         detail,
     }
 }

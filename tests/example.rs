@@ -26,6 +26,7 @@ fn example_copy() -> tempfile::TempDir {
     std::fs::copy(root.join("sluice.toml"), dir.path().join("sluice.toml")).unwrap();
     copy_dir(&root.join("environments"), &dir.path().join("environments"));
     copy_dir(&root.join("migrations"), &dir.path().join("migrations"));
+    copy_dir(&root.join("policies"), &dir.path().join("policies"));
     dir
 }
 
@@ -136,4 +137,62 @@ fn the_example_health_checks_pass_only_after_the_migrations() {
     let doc: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap();
     assert_eq!(doc["outcome"], "successful");
     assert_eq!(doc["checks"].as_array().unwrap().len(), 2);
+}
+
+/// The README's first command: the whole ladder on the example, each environment's state
+/// shown as it goes, every environment ending on the release with one snapshot taken before.
+#[test]
+fn the_readme_command_runs_the_whole_ladder() {
+    let dir = example_copy();
+    let out = sluice(dir.path(), &["promote", "--to", "prod", "--local"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for env in ["dev", "staging", "prod"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(env) && l.ends_with("succeeded")),
+            "{env} never succeeded:\n{stdout}"
+        );
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(env) && l.contains("applying 4/4")),
+            "{env} never showed its progress:\n{stdout}"
+        );
+        let db = dir.path().join(format!(".sluice/{env}.db"));
+        assert_eq!(
+            query(
+                &db,
+                "SELECT migration_name FROM _prisma_migrations WHERE finished_at IS NOT NULL"
+            )
+            .len(),
+            4,
+            "{env}"
+        );
+    }
+    let staging_line = stdout
+        .lines()
+        .position(|l| l.starts_with("staging") && l.ends_with("locked"));
+    let dev_done = stdout
+        .lines()
+        .position(|l| l.starts_with("dev") && l.ends_with("succeeded"));
+    assert!(
+        dev_done < staging_line,
+        "staging started before dev was done:\n{stdout}"
+    );
+    let snapshots: Vec<_> = std::fs::read_dir(dir.path().join(".sluice"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".snap-"))
+        .collect();
+    assert_eq!(snapshots.len(), 3, "{snapshots:?}");
+
+    let again = sluice(dir.path(), &["promote", "--to", "prod", "--local"]);
+    assert!(again.status.success(), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("already on release"),
+        "{again:?}"
+    );
 }

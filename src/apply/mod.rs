@@ -6,6 +6,7 @@
 //! SQLite and for every caller (CLI now, the promotion daemon later).
 
 pub mod plan;
+pub mod revert;
 pub mod status;
 
 use std::time::{Duration, Instant};

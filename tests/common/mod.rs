@@ -20,6 +20,8 @@
 //!   relative to the crate root).
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};

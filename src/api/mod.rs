@@ -1,0 +1,7 @@
+//! The HTTP side of the daemon: the `/v1` API, its authentication, metrics and OpenAPI
+//! document.
+
+pub mod auth;
+pub mod metrics;
+pub mod openapi;
+pub mod server;

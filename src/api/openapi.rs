@@ -1,0 +1,168 @@
+//! The OpenAPI 3.0 document of the API, served at `/v1/openapi.json`, built from one table of
+//! endpoints so that a test can check it against the router.
+
+use serde_json::{json, Map, Value};
+
+/// One endpoint of the API.
+pub struct Endpoint {
+    /// HTTP method, lowercase.
+    pub method: &'static str,
+    /// Path as in the router, e.g. `/v1/runs/{id}`.
+    pub path: &'static str,
+    /// One line for people.
+    pub summary: &'static str,
+    /// The role needed (`none` for public endpoints).
+    pub role: &'static str,
+    /// Request body schema name, if any.
+    pub body: Option<&'static str>,
+    /// Success status and response schema name.
+    pub ok: (&'static str, &'static str),
+}
+
+/// Every endpoint the router serves.
+pub const ENDPOINTS: &[Endpoint] = &[
+    Endpoint { method: "get", path: "/v1/health", summary: "Liveness: the daemon answers and says its version and head release.", role: "none", body: None, ok: ("200", "Health") },
+    Endpoint { method: "get", path: "/metrics", summary: "Prometheus text metrics.", role: "none", body: None, ok: ("200", "Text") },
+    Endpoint { method: "get", path: "/v1/openapi.json", summary: "This document.", role: "none", body: None, ok: ("200", "Object") },
+    Endpoint { method: "get", path: "/v1/environments", summary: "Environments the caller may view, in ladder order, with their release and runs.", role: "viewer", body: None, ok: ("200", "EnvironmentList") },
+    Endpoint { method: "get", path: "/v1/environments/{env}", summary: "One environment.", role: "viewer", body: None, ok: ("200", "Environment") },
+    Endpoint { method: "post", path: "/v1/environments/{env}/rollback", summary: "Put the environment back where it was before its last promotion (down scripts or snapshot, per policy).", role: "deployer", body: Some("ReasonRequired"), ok: ("202", "Run") },
+    Endpoint { method: "get", path: "/v1/releases", summary: "Recorded releases and the head.", role: "viewer", body: None, ok: ("200", "Releases") },
+    Endpoint { method: "post", path: "/v1/releases", summary: "Read the migrations directory now and record a new head.", role: "deployer", body: None, ok: ("200", "ReleaseScan") },
+    Endpoint { method: "get", path: "/v1/runs", summary: "Runs, newest first (query: environment, limit).", role: "viewer", body: None, ok: ("200", "RunList") },
+    Endpoint { method: "get", path: "/v1/runs/{id}", summary: "One run with its transitions, measurements and events.", role: "viewer", body: None, ok: ("200", "Run") },
+    Endpoint { method: "post", path: "/v1/runs/{id}/approve", summary: "Approve a waiting run (not your own).", role: "approver", body: Some("Comment"), ok: ("200", "Run") },
+    Endpoint { method: "post", path: "/v1/runs/{id}/reject", summary: "Reject a waiting run.", role: "approver", body: Some("ReasonRequired"), ok: ("200", "Run") },
+    Endpoint { method: "post", path: "/v1/runs/{id}/cancel", summary: "Cancel a waiting or halted run.", role: "deployer", body: Some("Reason"), ok: ("200", "Run") },
+    Endpoint { method: "post", path: "/v1/runs/{id}/resume", summary: "Continue a halted run from the step it stopped at.", role: "deployer", body: None, ok: ("200", "Run") },
+    Endpoint { method: "post", path: "/v1/promotions", summary: "Request a promotion of a release to an environment (with ladder: also upstream).", role: "deployer", body: Some("Promotion"), ok: ("202", "RunList") },
+    Endpoint { method: "get", path: "/v1/events", summary: "The audit log, oldest first (query: environment, limit).", role: "viewer", body: None, ok: ("200", "EventList") },
+    Endpoint { method: "post", path: "/v1/reload", summary: "Re-read environments, policies, tokens and migrations; a bad file changes nothing.", role: "admin on every environment", body: None, ok: ("200", "Object") },
+];
+
+fn reference(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn schemas() -> Value {
+    let string = json!({"type": "string"});
+    let nullable_string = json!({"type": "string", "nullable": true});
+    let time = json!({"type": "string", "format": "date-time"});
+    json!({
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {"code": string, "message": string}}}},
+        "Object": {"type": "object"},
+        "Text": {"type": "string"},
+        "Health": {"type": "object", "properties": {
+            "status": {"type": "string", "enum": ["ok", "stopping"]}, "version": string,
+            "release": nullable_string, "store_format": {"type": "integer"}}},
+        "RunSummary": {"type": "object", "properties": {
+            "id": string, "kind": {"type": "string", "enum": ["promotion", "rollback"]},
+            "release": string, "state": string, "describe": string}},
+        "Environment": {"type": "object", "required": ["name"], "properties": {
+            "name": string, "release": nullable_string, "head": nullable_string,
+            "since": {"type": "string", "format": "date-time", "nullable": true},
+            "healthy": {"type": "boolean"}, "run_id": nullable_string,
+            "active_run": {"allOf": [reference("RunSummary")], "nullable": true},
+            "waiting_runs": {"type": "array", "items": reference("RunSummary")},
+            "from": nullable_string, "auto_promote": {"type": "boolean"}}},
+        "EnvironmentList": {"type": "array", "items": reference("Environment")},
+        "RunState": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string", "enum": ["queued", "gated", "locked", "snapshotted", "applying",
+                "verifying", "succeeded", "rolling_back", "rolled_back", "halted", "cancelled", "rejected"]},
+            "waiting_for": {"type": "array", "items": string},
+            "index": {"type": "integer"}, "total": {"type": "integer"}, "migration": string,
+            "method": string, "reason": string}},
+        "Event": {"type": "object", "properties": {
+            "at": time, "actor": string, "action": string, "environment": string,
+            "reason": nullable_string, "detail": {"type": "object"}, "run_id": nullable_string}},
+        "EventList": {"type": "array", "items": reference("Event")},
+        "Run": {"type": "object", "required": ["id", "kind", "environment", "release", "state"], "properties": {
+            "id": string, "kind": {"type": "string", "enum": ["promotion", "rollback"]},
+            "environment": string, "release": string, "head": nullable_string,
+            "previous_release": nullable_string, "requested_by": string, "reason": nullable_string,
+            "created_at": time, "updated_at": time, "state": reference("RunState"),
+            "transitions": {"type": "array", "items": {"type": "object"}},
+            "plan": {"type": "array", "items": string}, "applied": {"type": "array", "items": string},
+            "snapshot": nullable_string,
+            "approvals": {"type": "array", "items": {"type": "object", "properties": {
+                "by": string, "at": time, "comment": nullable_string}}},
+            "measurements": {"type": "array", "items": {"type": "object"}},
+            "health": {"type": "string", "nullable": true, "enum": ["successful", "failed", "error", "inconclusive", null]},
+            "error": nullable_string, "rolls_back": nullable_string,
+            "events": {"type": "array", "items": reference("Event")}}},
+        "RunList": {"type": "array", "items": reference("Run")},
+        "Release": {"type": "object", "properties": {
+            "hash": string, "head": nullable_string, "recorded_at": time, "source": string,
+            "migrations": {"type": "array", "items": {"type": "object", "properties": {
+                "name": string, "checksum": string}}}}},
+        "Releases": {"type": "object", "properties": {
+            "head": nullable_string, "releases": {"type": "array", "items": reference("Release")}}},
+        "ReleaseScan": {"type": "object", "properties": {"release": reference("Release"), "new": {"type": "boolean"}}},
+        "Promotion": {"type": "object", "required": ["to"], "additionalProperties": false, "properties": {
+            "to": string, "release": nullable_string, "ladder": {"type": "boolean", "default": false},
+            "reason": nullable_string}},
+        "Reason": {"type": "object", "additionalProperties": false, "properties": {"reason": nullable_string}},
+        "ReasonRequired": {"type": "object", "required": ["reason"], "additionalProperties": false,
+            "properties": {"reason": string}},
+        "Comment": {"type": "object", "additionalProperties": false, "properties": {"comment": nullable_string}},
+    })
+}
+
+/// The document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for endpoint in ENDPOINTS {
+        let mut operation = json!({
+            "summary": endpoint.summary,
+            "description": format!("Role needed: {}.", endpoint.role),
+            "responses": {
+                endpoint.ok.0: {"description": "success", "content": {
+                    if endpoint.ok.1 == "Text" { "text/plain" } else { "application/json" }:
+                    {"schema": reference(endpoint.ok.1)}}},
+                "default": {"description": "a refusal or failure, saying why",
+                    "content": {"application/json": {"schema": reference("Error")}}}
+            }
+        });
+        if endpoint.role == "none" {
+            operation["security"] = json!([]);
+        }
+        let parameters: Vec<Value> = endpoint
+            .path
+            .split('/')
+            .filter_map(|part| part.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        if !parameters.is_empty() {
+            operation["parameters"] = Value::Array(parameters);
+        }
+        if let Some(body) = endpoint.body {
+            operation["requestBody"] = json!({
+                "required": body == "ReasonRequired" || body == "Promotion",
+                "content": {"application/json": {"schema": reference(body)}}
+            });
+        }
+        let item = paths
+            .entry(endpoint.path.to_string())
+            .or_insert_with(|| json!({}));
+        item[endpoint.method] = operation;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "sluice",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Promotes database schema migrations through a ladder of environments. \
+                Every call but health, metrics and this document needs `Authorization: Bearer <token>`; \
+                each token has a role per environment (viewer < deployer < approver < admin)."
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": Value::Object(paths),
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas()
+        }
+    })
+}

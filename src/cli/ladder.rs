@@ -1,0 +1,816 @@
+//! Commands of the promotion ladder: `serve`, `promote`, `environments`, `runs`, `run`,
+//! `approve`, `reject`, `cancel`, `resume`, `rollback`, `reload`, `token`. Each talks to a
+//! running daemon, or with `--local` drives the same engine in this process against the files
+//! and the store; the output is built from the same views either way.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use comfy_table::{presets, Table};
+use serde_json::json;
+
+use crate::api::auth::{generate_token, hash_token, parse_role_grant, render_entry};
+use crate::client::Client;
+use crate::config::Project;
+use crate::daemon::{self, ServeOptions};
+use crate::error::{Error, Result};
+use crate::promote::engine::{Engine, EngineOptions, PromotionRequest};
+use crate::promote::views::{environment_views, EnvironmentView, RunView};
+use crate::store::records::short_hash;
+use crate::store::RunState;
+
+/// How a ladder command reaches the engine.
+#[derive(Debug, Args, Clone)]
+pub struct Connection {
+    /// Work on the files and the store directly instead of talking to a daemon (fails while a
+    /// daemon holds the store).
+    #[arg(long)]
+    pub local: bool,
+    /// The daemon's URL (default: $SLUICE_URL, else http:// + `[daemon] listen`).
+    #[arg(long, env = "SLUICE_URL")]
+    pub server: Option<String>,
+    /// A file holding the API token (default: $SLUICE_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Who acts with --local (default: $SLUICE_ACTOR, else $USER); a daemon takes the token's name.
+    #[arg(long)]
+    pub by: Option<String>,
+}
+
+/// `sluice serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (default: `[daemon] listen` in sluice.toml, else 127.0.0.1:7407).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// The file of hashed API tokens (default: `[daemon] tokens_file`).
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+}
+
+/// `sluice promote`.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The environment to bring to the release.
+    #[arg(long)]
+    pub to: String,
+    /// Release hash or a unique prefix (default: the migrations directory's newest).
+    #[arg(long)]
+    pub release: Option<String>,
+    /// Request only `--to`, not the environments upstream of it that lack the release.
+    #[arg(long)]
+    pub only: bool,
+    /// Why: recorded with the runs.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Return once the runs are requested instead of following them.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Machine-readable output (the runs as JSON at the end).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `sluice environments`.
+#[derive(Debug, Args)]
+pub struct EnvironmentsArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `sluice runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only runs of this environment.
+    #[arg(long)]
+    pub env: Option<String>,
+    /// At most this many, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `sluice run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run id (from `sluice runs`).
+    pub id: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `sluice approve` / `resume`.
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// Run id.
+    pub run: String,
+    /// A comment recorded with the approval.
+    #[arg(long)]
+    pub comment: Option<String>,
+    /// Return at once instead of following the run.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `sluice reject` / `cancel`.
+#[derive(Debug, Args)]
+pub struct RejectArgs {
+    /// Run id.
+    pub run: String,
+    /// Why: recorded with the decision.
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `sluice resume`.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// Run id of a halted run.
+    pub run: String,
+    /// Return at once instead of following the run.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `sluice rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The environment to put back where it was before its last promotion.
+    #[arg(long)]
+    pub env: String,
+    /// Why: recorded with the run.
+    #[arg(long)]
+    pub reason: String,
+    /// Return at once instead of following the run.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `sluice reload`.
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+/// `sluice token`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a new API token: prints it once, and the entry for the tokens file.
+    New {
+        /// Who the token stands for (recorded as the actor).
+        #[arg(long)]
+        name: String,
+        /// A role per environment, e.g. `prod=approver` or `*=viewer` (repeatable).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+    /// Print the SHA-256 of a token read from stdin, for the tokens file.
+    Hash,
+}
+
+/// Where ladder commands send their requests.
+pub enum Backend {
+    /// The engine in this process, on the files and the store.
+    Local(Arc<Engine>),
+    /// A running daemon.
+    Remote(Client),
+}
+
+impl Backend {
+    /// Opens the engine locally or a client of the daemon.
+    pub async fn open(project: &Project, connection: &Connection) -> Result<Backend> {
+        if connection.local {
+            let store = daemon::open_store(project)?;
+            let engine = Engine::open(
+                &project.root,
+                Arc::new(store),
+                EngineOptions {
+                    tick: project.daemon.tick,
+                    auto_promote: false,
+                },
+            )?;
+            engine.recover().await?;
+            return Ok(Backend::Local(engine));
+        }
+        let base = connection
+            .server
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", project.daemon.listen));
+        let token = match &connection.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::io(path, e))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var("SLUICE_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty()),
+        };
+        Ok(Backend::Remote(Client::new(&base, token)?))
+    }
+
+    async fn environments(&self) -> Result<Vec<EnvironmentView>> {
+        match self {
+            Backend::Local(engine) => environment_views(engine),
+            Backend::Remote(client) => client.environments().await,
+        }
+    }
+
+    async fn run(&self, id: &str) -> Result<RunView> {
+        match self {
+            Backend::Local(engine) => {
+                let run = engine.run(id)?;
+                let events = engine.store().run_events(id)?;
+                Ok(RunView::of(run, Some(events)))
+            }
+            Backend::Remote(client) => client.run(id).await,
+        }
+    }
+
+    /// Lets the local engine make progress (gates are evaluated by the caller's loop).
+    async fn step(&self) -> Result<()> {
+        if let Backend::Local(engine) = self {
+            engine.tick().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&self) {
+        if let Backend::Local(engine) = self {
+            engine.shutdown().await;
+        }
+    }
+}
+
+fn actor(connection: &Connection) -> String {
+    super::actor(connection.by.clone())
+}
+
+/// `sluice serve`.
+pub async fn serve(project: &Project, args: ServeArgs) -> Result<u8> {
+    daemon::serve(
+        &project.root,
+        ServeOptions {
+            listen: args.listen,
+            tokens_file: args.tokens,
+        },
+    )
+    .await?;
+    Ok(0)
+}
+
+/// `sluice promote`.
+pub async fn promote(project: &Project, args: PromoteArgs) -> Result<u8> {
+    let backend = Backend::open(project, &args.connection).await?;
+    let result = promote_with(&backend, &args).await;
+    backend.finish().await;
+    result
+}
+
+async fn promote_with(backend: &Backend, args: &PromoteArgs) -> Result<u8> {
+    let ladder = !args.only;
+    let runs = match backend {
+        Backend::Local(engine) => engine
+            .request_promotion(&PromotionRequest {
+                to: args.to.clone(),
+                release: args.release.clone(),
+                ladder,
+                actor: actor(&args.connection),
+                reason: args.reason.clone(),
+            })
+            .await
+            .map(|runs| {
+                runs.into_iter()
+                    .map(|r| RunView::of(r, None))
+                    .collect::<Vec<_>>()
+            }),
+        Backend::Remote(client) => {
+            client
+                .promote(
+                    &args.to,
+                    args.release.as_deref(),
+                    ladder,
+                    args.reason.as_deref(),
+                )
+                .await
+        }
+    };
+    let runs = match runs {
+        Ok(runs) => runs,
+        Err(Error::Conflict(why)) if why.contains("already on release") && !why.contains(';') => {
+            if !args.json {
+                say!("nothing to do: {why}");
+                print_environments(&backend.environments().await?);
+            }
+            return Ok(0);
+        }
+        Err(err) => return Err(err),
+    };
+    let ids: Vec<String> = runs.iter().map(|r| r.run.id.clone()).collect();
+    if !args.json {
+        for run in &runs {
+            say!(
+                "{:<8} {}  requested: release {}{}",
+                run.run.environment,
+                short_id(&run.run.id),
+                short_hash(&run.run.release),
+                run.run
+                    .head
+                    .as_deref()
+                    .map(|h| format!(" (head {h})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if args.no_wait {
+        if args.json {
+            say!(
+                "{}",
+                serde_json::to_string_pretty(&runs).unwrap_or_default()
+            );
+        }
+        return Ok(0);
+    }
+    follow(backend, &ids, args.json).await
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+fn needs_person(state: &RunState) -> bool {
+    match state {
+        RunState::Gated { waiting_for } => waiting_for.iter().any(|g| g.starts_with("approval:")),
+        RunState::Halted { .. } => true,
+        _ => false,
+    }
+}
+
+/// Prints every transition of `ids` as it happens until each run has ended or waits for a
+/// person; then the environments. Exit 0 when all succeeded, 3 when one waits for a person,
+/// 1 otherwise.
+async fn follow(backend: &Backend, ids: &[String], json_out: bool) -> Result<u8> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let last: Vec<RunView> = loop {
+        backend.step().await?;
+        let mut views = Vec::new();
+        for id in ids {
+            let view = backend.run(id).await?;
+            let printed = seen.entry(id.clone()).or_insert(0);
+            if !json_out {
+                for transition in view.run.transitions.iter().skip(*printed) {
+                    say!(
+                        "{:<8} {}  {}",
+                        view.run.environment,
+                        short_id(&view.run.id),
+                        transition.state.describe()
+                    );
+                }
+            }
+            *printed = view.run.transitions.len();
+            views.push(view);
+        }
+        let moving = views
+            .iter()
+            .filter(|v| !v.run.state.is_final() && !needs_person(&v.run.state))
+            .count();
+        let stuck_upstream = views.iter().all(|v| {
+            v.run.state.is_final()
+                || needs_person(&v.run.state)
+                || matches!(&v.run.state, RunState::Gated { waiting_for }
+                    if waiting_for.iter().all(|g| g.starts_with("upstream:")))
+        }) && views
+            .iter()
+            .any(|v| v.run.state.is_final() && !matches!(v.run.state, RunState::Succeeded));
+        if moving == 0 || stuck_upstream {
+            break views;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if json_out {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&last).unwrap_or_default()
+        );
+    } else {
+        print_environments(&backend.environments().await?);
+        for view in &last {
+            if needs_person(&view.run.state) {
+                say!(
+                    "run {} on `{}` waits for a person: {}",
+                    view.run.id,
+                    view.run.environment,
+                    view.run.state.describe()
+                );
+            }
+        }
+    }
+    Ok(if last.iter().all(|v| v.run.state == RunState::Succeeded) {
+        0
+    } else if last
+        .iter()
+        .any(|v| needs_person(&v.run.state) && !matches!(v.run.state, RunState::Halted { .. }))
+    {
+        3
+    } else {
+        1
+    })
+}
+
+fn print_environments(views: &[EnvironmentView]) {
+    let mut table = Table::new();
+    table.load_preset(presets::UTF8_BORDERS_ONLY);
+    table.set_header(["environment", "release", "head", "since", "healthy", "run"]);
+    for v in views {
+        table.add_row([
+            v.name.clone(),
+            v.release
+                .as_deref()
+                .map(short_hash)
+                .unwrap_or("-")
+                .to_string(),
+            v.head.clone().unwrap_or_else(|| "-".into()),
+            v.since
+                .map(|s| s.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_else(|| "-".into()),
+            if v.release.is_some() {
+                if v.healthy { "yes" } else { "no" }.to_string()
+            } else {
+                "-".into()
+            },
+            v.active_run
+                .as_ref()
+                .map(|r| format!("{} {}", short_id(&r.id), r.describe))
+                .or_else(|| {
+                    v.waiting_runs
+                        .first()
+                        .map(|r| format!("{} {}", short_id(&r.id), r.describe))
+                })
+                .unwrap_or_default(),
+        ]);
+    }
+    say!("{table}");
+}
+
+/// `sluice environments`.
+pub async fn environments(project: &Project, args: EnvironmentsArgs) -> Result<u8> {
+    let backend = Backend::open(project, &args.connection).await?;
+    let views = backend.environments().await;
+    backend.finish().await;
+    let views = views?;
+    if args.json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&views).unwrap_or_default()
+        );
+    } else {
+        print_environments(&views);
+    }
+    Ok(0)
+}
+
+/// `sluice runs`.
+pub async fn runs(project: &Project, args: RunsArgs) -> Result<u8> {
+    let backend = Backend::open(project, &args.connection).await?;
+    let runs = match &backend {
+        Backend::Local(engine) => {
+            if let Some(env) = &args.env {
+                engine.loaded().environment(env)?;
+            }
+            let mut runs: Vec<RunView> = engine
+                .store()
+                .runs()?
+                .into_iter()
+                .filter(|r| args.env.as_ref().is_none_or(|e| &r.environment == e))
+                .map(|r| RunView::of(r, None))
+                .collect();
+            runs.reverse();
+            runs.truncate(args.limit);
+            Ok(runs)
+        }
+        Backend::Remote(client) => client.runs(args.env.as_deref(), args.limit).await,
+    };
+    backend.finish().await;
+    let runs = runs?;
+    if args.json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&runs).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    let mut table = Table::new();
+    table.load_preset(presets::UTF8_BORDERS_ONLY);
+    table.set_header([
+        "run",
+        "environment",
+        "kind",
+        "release",
+        "requested",
+        "by",
+        "state",
+    ]);
+    for view in &runs {
+        let r = &view.run;
+        table.add_row([
+            r.id.clone(),
+            r.environment.clone(),
+            format!("{:?}", r.kind).to_lowercase(),
+            short_hash(&r.release).to_string(),
+            r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            r.requested_by.clone(),
+            r.state.describe(),
+        ]);
+    }
+    say!("{table}");
+    Ok(0)
+}
+
+/// `sluice run`.
+pub async fn run(project: &Project, args: RunArgs) -> Result<u8> {
+    let backend = Backend::open(project, &args.connection).await?;
+    let view = backend.run(&args.id).await;
+    backend.finish().await;
+    let view = view?;
+    if args.json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&view).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    let r = &view.run;
+    say!("run {} ({:?}) on `{}`", r.id, r.kind, r.environment);
+    say!(
+        "release {}{}",
+        r.release,
+        r.head
+            .as_deref()
+            .map(|h| format!(" (head {h})"))
+            .unwrap_or_default()
+    );
+    say!(
+        "requested by {} at {}{}",
+        r.requested_by,
+        r.created_at.to_rfc3339(),
+        r.reason
+            .as_deref()
+            .map(|x| format!(": {x}"))
+            .unwrap_or_default()
+    );
+    say!("state: {}", r.state.describe());
+    if !r.plan.is_empty() {
+        say!("plan: {}", r.plan.join(", "));
+        say!(
+            "applied: {}",
+            if r.applied.is_empty() {
+                "nothing".into()
+            } else {
+                r.applied.join(", ")
+            }
+        );
+    }
+    if let Some(snapshot) = &r.snapshot {
+        say!("snapshot: {snapshot}");
+    }
+    for a in &r.approvals {
+        say!(
+            "approved by {} at {}{}",
+            a.by,
+            a.at.to_rfc3339(),
+            a.comment
+                .as_deref()
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(health) = &r.health {
+        say!("health: {health} ({} measurements)", r.measurements.len());
+    }
+    say!("transitions:");
+    for t in &r.transitions {
+        say!(
+            "  {}  {:<8} {}",
+            t.at.format("%H:%M:%S%.3f"),
+            t.actor,
+            t.state.describe()
+        );
+    }
+    if let Some(events) = &view.events {
+        say!("events:");
+        for e in events {
+            say!(
+                "  {}  {:<8} {}{}",
+                e.at.format("%H:%M:%S%.3f"),
+                e.actor,
+                e.action,
+                e.reason
+                    .as_deref()
+                    .map(|x| format!(" ({x})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// `sluice approve`.
+pub async fn approve(project: &Project, args: ApproveArgs) -> Result<u8> {
+    let backend = Backend::open(project, &args.connection).await?;
+    let result = async {
+        let view = match &backend {
+            Backend::Local(engine) => RunView::of(
+                engine
+                    .approve(&args.run, &actor(&args.connection), args.comment.clone())
+                    .await?,
+                None,
+            ),
+            Backend::Remote(client) => {
+                client
+                    .act(&args.run, "approve", json!({"comment": args.comment}))
+                    .await?
+            }
+        };
+        say!("approved run {} on `{}`", view.run.id, view.run.environment);
+        if args.no_wait {
+            return Ok(0);
+        }
+        follow(&backend, &[view.run.id], false).await
+    }
+    .await;
+    backend.finish().await;
+    result
+}
+
+/// `sluice reject` and `sluice cancel`.
+pub async fn decide(project: &Project, args: RejectArgs, action: &str) -> Result<u8> {
+    let backend = Backend::open(project, &args.connection).await?;
+    let result = async {
+        let view = match &backend {
+            Backend::Local(engine) => {
+                let who = actor(&args.connection);
+                let run = if action == "reject" {
+                    engine.reject(&args.run, &who, &args.reason).await?
+                } else {
+                    engine.cancel(&args.run, &who, &args.reason).await?
+                };
+                RunView::of(run, None)
+            }
+            Backend::Remote(client) => {
+                client
+                    .act(&args.run, action, json!({"reason": args.reason}))
+                    .await?
+            }
+        };
+        say!(
+            "run {} on `{}`: {}",
+            view.run.id,
+            view.run.environment,
+            view.run.state.describe()
+        );
+        Ok(0)
+    }
+    .await;
+    backend.finish().await;
+    result
+}
+
+/// `sluice resume`.
+pub async fn resume(project: &Project, args: ResumeArgs) -> Result<u8> {
+    let backend = Backend::open(project, &args.connection).await?;
+    let result = async {
+        let view = match &backend {
+            Backend::Local(engine) => RunView::of(
+                engine.resume(&args.run, &actor(&args.connection)).await?,
+                None,
+            ),
+            Backend::Remote(client) => client.act(&args.run, "resume", json!({})).await?,
+        };
+        if args.no_wait {
+            say!("resumed run {}", view.run.id);
+            return Ok(0);
+        }
+        follow(&backend, &[view.run.id], false).await
+    }
+    .await;
+    backend.finish().await;
+    result
+}
+
+/// `sluice rollback`.
+pub async fn rollback(project: &Project, args: RollbackArgs) -> Result<u8> {
+    let backend = Backend::open(project, &args.connection).await?;
+    let result = async {
+        let view = match &backend {
+            Backend::Local(engine) => RunView::of(
+                engine
+                    .request_rollback(&args.env, &actor(&args.connection), &args.reason)
+                    .await?,
+                None,
+            ),
+            Backend::Remote(client) => client.rollback(&args.env, &args.reason).await?,
+        };
+        if args.no_wait {
+            say!(
+                "rollback run {} on `{}` started",
+                view.run.id,
+                view.run.environment
+            );
+            return Ok(0);
+        }
+        let code = follow(&backend, std::slice::from_ref(&view.run.id), false).await?;
+        let final_view = backend.run(&view.run.id).await?;
+        Ok(
+            if matches!(final_view.run.state, RunState::RolledBack { .. }) {
+                0
+            } else {
+                code.max(1)
+            },
+        )
+    }
+    .await;
+    backend.finish().await;
+    result
+}
+
+/// `sluice reload`.
+pub async fn reload(project: &Project, args: ReloadArgs) -> Result<u8> {
+    if args.connection.local {
+        return Err(Error::Usage(
+            "`reload` tells a running daemon to re-read its files; --local commands always read them".into(),
+        ));
+    }
+    let backend = Backend::open(project, &args.connection).await?;
+    if let Backend::Remote(client) = &backend {
+        let answer = client.reload().await?;
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&answer).unwrap_or_default()
+        );
+    }
+    Ok(0)
+}
+
+/// `sluice token`.
+pub fn token(project: &Project, command: TokenCommand) -> Result<u8> {
+    match command {
+        TokenCommand::New { name, roles } => {
+            let known = project.environment_names()?;
+            let mut grants = std::collections::BTreeMap::new();
+            for role in &roles {
+                let (env, role) = parse_role_grant(role).map_err(Error::Usage)?;
+                if env != "*" && !known.contains(&env) {
+                    return Err(Error::Usage(format!(
+                        "--role {env}=…: no environment `{env}`; known environments: {}",
+                        known.join(", ")
+                    )));
+                }
+                grants.insert(env, role);
+            }
+            let token = generate_token();
+            let entry = render_entry(&name, &hash_token(&token), &grants);
+            say!("token (shown once; give it to {name}, keep it out of files and logs):");
+            say!("{token}");
+            say!("");
+            say!("add to the tokens file:");
+            say!("{entry}");
+            Ok(0)
+        }
+        TokenCommand::Hash => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| Error::Usage(format!("reading the token from stdin: {e}")))?;
+            let token = text.trim();
+            if token.is_empty() {
+                return Err(Error::Usage("no token on stdin".into()));
+            }
+            say!("{}", hash_token(token));
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,979 @@
+//! The promotion engine: holds the configuration as loaded, accepts requests (promote,
+//! approve, reject, cancel, resume, roll back), opens gates, and runs one driver per
+//! environment through the run state machine. The daemon and `--local` CLI commands use the
+//! same engine, so both behave the same.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+
+use crate::config::{Environment, Project, ENVIRONMENTS_DIR};
+use crate::error::{Error, Result};
+use crate::migrations::{discover, MigrationSet};
+use crate::policy::{Policies, POLICIES_DIR};
+use crate::store::records::short_hash;
+use crate::store::{
+    Approval, Event, LoadedConfig, LoadedFile, Release, Run, RunKind, RunState, Store, Transition,
+};
+
+use super::gates::{closed_gates, GateInput};
+use super::machine;
+
+/// The actor recorded for what the engine does by itself.
+pub const MACHINE_ACTOR: &str = "sluice";
+
+/// The project's configuration as loaded and validated: every environment file, every policy,
+/// and the migrations directory's release.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// `sluice.toml`.
+    pub project: Project,
+    /// Environments by name.
+    pub environments: BTreeMap<String, Environment>,
+    /// Policies of the ladder.
+    pub policies: Policies,
+    /// The migrations directory as read.
+    pub set: Arc<MigrationSet>,
+    /// Its release.
+    pub release: Release,
+    /// The files as read, for the store's record.
+    pub files: Vec<LoadedFile>,
+}
+
+impl Loaded {
+    /// Reads and validates everything under `root`; any bad file fails the whole load, so a
+    /// daemon keeps running on the configuration it had.
+    pub fn load(root: &Path, source: &str) -> Result<Loaded> {
+        let project = Project::load(root)?;
+        let names = project.environment_names()?;
+        let mut environments = BTreeMap::new();
+        let mut files = Vec::new();
+        for name in &names {
+            let env = project.environment(name)?;
+            files.push(read_file(root, &env.file)?);
+            environments.insert(name.clone(), env);
+        }
+        let policies_dir = root.join(POLICIES_DIR);
+        let policies = Policies::load(&policies_dir, &names)?;
+        for policy in policies.iter() {
+            if let Some(path) = &policy.source {
+                files.push(read_file(root, path)?);
+            }
+        }
+        let set = discover(&project.migrations_dir)?;
+        let release = Release::of(&set, source);
+        Ok(Loaded {
+            project,
+            environments,
+            policies,
+            set: Arc::new(set),
+            release,
+            files,
+        })
+    }
+
+    /// One environment, or an error listing the known ones.
+    pub fn environment(&self, name: &str) -> Result<&Environment> {
+        self.environments.get(name).ok_or_else(|| {
+            Error::NotFound(format!(
+                "unknown environment `{name}`; known environments: {}",
+                self.environment_names().join(", ")
+            ))
+        })
+    }
+
+    /// Environment names, sorted.
+    pub fn environment_names(&self) -> Vec<String> {
+        self.environments.keys().cloned().collect()
+    }
+
+    /// Environment names in ladder order (each after the one it is fed from), then the rest.
+    pub fn ladder_order(&self) -> Vec<String> {
+        let mut order: Vec<String> = Vec::new();
+        for name in self.environments.keys() {
+            for step in self.policies.chain_to(name) {
+                if !order.contains(&step) {
+                    order.push(step);
+                }
+            }
+        }
+        order
+    }
+}
+
+fn read_file(root: &Path, path: &Path) -> Result<LoadedFile> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(LoadedFile {
+        path: path
+            .strip_prefix(root)
+            .unwrap_or(path)
+            .display()
+            .to_string(),
+        sha256: crate::migrations::discover::sha256_hex(text.as_bytes()),
+        text,
+    })
+}
+
+/// How the engine behaves.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// How often gates are looked at again (soak and windows open with time).
+    pub tick: Duration,
+    /// Whether a success requests promotions downstream where the policy says `auto_promote`.
+    pub auto_promote: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            tick: Duration::from_secs(1),
+            auto_promote: true,
+        }
+    }
+}
+
+/// A request to bring an environment to a release.
+#[derive(Debug, Clone)]
+pub struct PromotionRequest {
+    /// The environment.
+    pub to: String,
+    /// A release hash (or a unique prefix of at least 7 characters); the newest when absent.
+    pub release: Option<String>,
+    /// Also request every environment upstream of `to` that is not on the release yet.
+    pub ladder: bool,
+    /// Who asks.
+    pub actor: String,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Runs requested.
+    pub runs_requested: AtomicU64,
+    /// Runs that ended, by final state name.
+    pub runs_finished: Mutex<BTreeMap<String, u64>>,
+    /// Gate evaluations.
+    pub ticks: AtomicU64,
+}
+
+/// The engine. Shared between the HTTP server, the ticker and the drivers.
+pub struct Engine {
+    root: PathBuf,
+    pub(crate) store: Arc<dyn Store>,
+    loaded: RwLock<Arc<Loaded>>,
+    decisions: tokio::sync::Mutex<()>,
+    drivers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    stopping: AtomicBool,
+    stop_signal: tokio::sync::watch::Sender<bool>,
+    wake: tokio::sync::Notify,
+    /// Options it runs with.
+    pub options: EngineOptions,
+    /// Counters for `/metrics`.
+    pub counters: Counters,
+}
+
+impl Engine {
+    /// Loads the project at `root`, records the configuration and release in the store.
+    pub fn open(root: &Path, store: Arc<dyn Store>, options: EngineOptions) -> Result<Arc<Engine>> {
+        let loaded = Loaded::load(root, "start")?;
+        let (stop_signal, _) = tokio::sync::watch::channel(false);
+        let engine = Arc::new(Engine {
+            root: root.to_path_buf(),
+            store,
+            loaded: RwLock::new(Arc::new(loaded.clone())),
+            decisions: tokio::sync::Mutex::new(()),
+            drivers: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+            stop_signal,
+            wake: tokio::sync::Notify::new(),
+            options,
+            counters: Counters::default(),
+        });
+        engine.record_loaded(&loaded, MACHINE_ACTOR)?;
+        Ok(engine)
+    }
+
+    /// The configuration in force.
+    pub fn loaded(&self) -> Arc<Loaded> {
+        match self.loaded.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    fn record_loaded(&self, loaded: &Loaded, actor: &str) -> Result<()> {
+        self.store.put_loaded_config(&LoadedConfig {
+            at: Utc::now(),
+            by: actor.into(),
+            files: loaded.files.clone(),
+        })?;
+        self.record_release(&loaded.release, actor)?;
+        Ok(())
+    }
+
+    fn record_release(&self, release: &Release, actor: &str) -> Result<bool> {
+        let fresh = self.store.put_release(release)?;
+        let head_changed = self.store.head_release()?.as_deref() != Some(&release.hash);
+        if head_changed {
+            self.store.set_head_release(&release.hash)?;
+        }
+        if fresh || head_changed {
+            self.event(
+                actor,
+                "release.recorded",
+                "",
+                None,
+                None,
+                json!({"release": release.hash, "head": release.head, "migrations": release.migrations.len(), "source": release.source}),
+            )?;
+            tracing::info!(release = %release.short(), head = ?release.head, "new release recorded");
+        }
+        Ok(fresh || head_changed)
+    }
+
+    /// Re-reads every file; a bad one changes nothing and the error names it.
+    pub async fn reload(&self, actor: &str) -> Result<Release> {
+        let loaded = Loaded::load(&self.root, "reload")?;
+        let _decisions = self.decisions.lock().await;
+        self.record_loaded(&loaded, actor)?;
+        let release = loaded.release.clone();
+        match self.loaded.write() {
+            Ok(mut guard) => *guard = Arc::new(loaded),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(loaded),
+        }
+        self.event(
+            actor,
+            "config.reloaded",
+            "",
+            None,
+            None,
+            json!({"release": release.hash}),
+        )?;
+        self.wake.notify_one();
+        Ok(release)
+    }
+
+    /// Reads the migrations directory and records its head if it is new. Returns the release
+    /// and whether it was new.
+    pub async fn scan_releases(&self, actor: &str, source: &str) -> Result<(Release, bool)> {
+        let loaded = self.loaded();
+        let set = discover(&loaded.project.migrations_dir)?;
+        let release = Release::of(&set, source);
+        if release.hash == loaded.release.hash {
+            return Ok((loaded.release.clone(), false));
+        }
+        let _decisions = self.decisions.lock().await;
+        let fresh = self.record_release(&release, actor)?;
+        let mut updated = (*loaded).clone();
+        updated.set = Arc::new(set);
+        updated.release = release.clone();
+        match self.loaded.write() {
+            Ok(mut guard) => *guard = Arc::new(updated),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(updated),
+        }
+        Ok((release, fresh))
+    }
+
+    /// Appends to the audit log.
+    pub(crate) fn event(
+        &self,
+        actor: &str,
+        action: &str,
+        environment: &str,
+        run_id: Option<&str>,
+        reason: Option<&str>,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        self.store.append_event(&Event {
+            at: Utc::now(),
+            actor: actor.into(),
+            action: action.into(),
+            environment: environment.into(),
+            reason: reason.map(String::from),
+            detail,
+            run_id: run_id.map(String::from),
+        })
+    }
+
+    /// Writes a run's new state (flushed) and its event, then pauses there when a crash test
+    /// asks to. Called before the action the state announces.
+    pub(crate) fn transition(&self, run: &mut Run, state: RunState, actor: &str) -> Result<()> {
+        let now = Utc::now();
+        run.state = state.clone();
+        run.updated_at = now;
+        run.transitions.push(Transition {
+            at: now,
+            state: state.clone(),
+            actor: actor.into(),
+        });
+        self.store.put_run(run)?;
+        self.event(
+            actor,
+            &format!("run.{}", state.name()),
+            &run.environment,
+            Some(&run.id),
+            None,
+            serde_json::to_value(&state).unwrap_or_default(),
+        )?;
+        if state.is_final() {
+            if let Ok(mut finished) = self.counters.runs_finished.lock() {
+                *finished.entry(state.name().to_string()).or_default() += 1;
+            }
+        }
+        tracing::info!(run = %run.id, environment = %run.environment, state = %state.describe(), "run state");
+        crate::testhook::pause(&format!("run-state:{}", state.name()));
+        if let RunState::Applying { index, .. } = state {
+            crate::testhook::pause(&format!("run-state:applying:{index}"));
+        }
+        Ok(())
+    }
+
+    /// Saves a run without a state change (plan, measurements, applied migrations).
+    pub(crate) fn save(&self, run: &Run) -> Result<()> {
+        self.store.put_run(run)
+    }
+
+    /// One run, or a clear error.
+    pub fn run(&self, id: &str) -> Result<Run> {
+        self.store
+            .run(id)?
+            .ok_or_else(|| Error::NotFound(format!("no run `{id}`")))
+    }
+
+    fn resolve_release(&self, wanted: Option<&str>) -> Result<Release> {
+        let hash = match wanted {
+            None => self
+                .store
+                .head_release()?
+                .ok_or_else(|| Error::NotFound("no release recorded yet".into()))?,
+            Some(prefix) if prefix.len() >= 7 && prefix.chars().all(|c| c.is_ascii_hexdigit()) => {
+                let matches: Vec<Release> = self
+                    .store
+                    .releases()?
+                    .into_iter()
+                    .filter(|r| r.hash.starts_with(&prefix.to_ascii_lowercase()))
+                    .collect();
+                match matches.as_slice() {
+                    [one] => one.hash.clone(),
+                    [] => {
+                        return Err(Error::NotFound(format!(
+                        "no release `{prefix}`; `GET /v1/releases` or `sluice releases` lists them"
+                    )))
+                    }
+                    _ => {
+                        return Err(Error::Usage(format!(
+                            "release prefix `{prefix}` matches {} releases; give more characters",
+                            matches.len()
+                        )))
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(Error::Usage(format!(
+                    "`{other}` is not a release hash (at least 7 hex characters)"
+                )))
+            }
+        };
+        self.store
+            .release(&hash)?
+            .ok_or_else(|| Error::NotFound(format!("no release `{hash}`")))
+    }
+
+    /// Records promotion requests: for `to`, and with `ladder` for every environment upstream
+    /// of it that is not on the release yet (each then waits for the one before it).
+    pub async fn request_promotion(&self, request: &PromotionRequest) -> Result<Vec<Run>> {
+        let loaded = self.loaded();
+        loaded.environment(&request.to)?;
+        let release = self.resolve_release(request.release.as_deref())?;
+        let _decisions = self.decisions.lock().await;
+        let chain = if request.ladder {
+            loaded.policies.chain_to(&request.to)
+        } else {
+            vec![request.to.clone()]
+        };
+        let runs = self.store.runs()?;
+        let mut created = Vec::new();
+        let mut skipped = Vec::new();
+        for env in &chain {
+            let explicit = env == &request.to;
+            match self.check_promotable(&runs, env, &release) {
+                Ok(()) => {}
+                Err(err) if !explicit => {
+                    skipped.push(err.to_string());
+                    continue;
+                }
+                Err(err) => {
+                    if created.is_empty() {
+                        return Err(err);
+                    }
+                    skipped.push(err.to_string());
+                    continue;
+                }
+            }
+            created.push(self.create_promotion(&loaded, &runs, env, &release, request)?);
+        }
+        if created.is_empty() {
+            return Err(Error::Conflict(skipped.join("; ")));
+        }
+        self.wake.notify_one();
+        Ok(created)
+    }
+
+    fn check_promotable(&self, runs: &[Run], env: &str, release: &Release) -> Result<()> {
+        let state = self.store.environment_state(env)?;
+        let holder = runs
+            .iter()
+            .find(|r| r.environment == env && r.state.holds_environment());
+        if state.release.as_deref() == Some(release.hash.as_str()) && holder.is_none() {
+            return Err(Error::Conflict(format!(
+                "`{env}` is already on release {}",
+                release.short()
+            )));
+        }
+        if let Some(current) = state
+            .release
+            .as_deref()
+            .and_then(|h| self.store.release(h).ok().flatten())
+        {
+            if release.is_prefix_of(&current) && release.hash != current.hash {
+                return Err(Error::Conflict(format!(
+                    "`{env}` is on release {}, which already contains release {}; to go back, roll back `{env}`",
+                    current.short(),
+                    release.short()
+                )));
+            }
+        }
+        if let Some(same) = runs.iter().find(|r| {
+            r.environment == env
+                && r.release == release.hash
+                && r.kind == RunKind::Promotion
+                && !r.state.is_final()
+        }) {
+            return Err(Error::Conflict(format!(
+                "run {} already brings `{env}` to release {} ({})",
+                same.id,
+                release.short(),
+                same.state.describe()
+            )));
+        }
+        Ok(())
+    }
+
+    fn create_promotion(
+        &self,
+        loaded: &Loaded,
+        runs: &[Run],
+        env: &str,
+        release: &Release,
+        request: &PromotionRequest,
+    ) -> Result<Run> {
+        let policy = loaded.policies.for_env(env);
+        let now = Utc::now();
+        let mut run = Run {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind: RunKind::Promotion,
+            environment: env.to_string(),
+            release: release.hash.clone(),
+            head: release.head.clone(),
+            previous_release: self.store.environment_state(env)?.release,
+            requested_by: request.actor.clone(),
+            reason: request.reason.clone(),
+            created_at: now,
+            updated_at: now,
+            state: RunState::Queued,
+            transitions: Vec::new(),
+            plan: Vec::new(),
+            applied: Vec::new(),
+            snapshot: None,
+            approvals: Vec::new(),
+            measurements: Vec::new(),
+            health: None,
+            error: None,
+            rolls_back: None,
+        };
+        if matches!(policy.concurrency, crate::policy::PendingRule::Replace) {
+            for older in runs
+                .iter()
+                .filter(|r| r.environment == env && r.state.is_waiting())
+            {
+                let mut older = older.clone();
+                self.transition(
+                    &mut older,
+                    RunState::Cancelled {
+                        reason: format!(
+                            "replaced by run {} for release {} (policy: pending = \"replace\")",
+                            run.id,
+                            release.short()
+                        ),
+                    },
+                    &request.actor,
+                )?;
+            }
+        }
+        self.counters.runs_requested.fetch_add(1, Ordering::Relaxed);
+        self.event(
+            &request.actor,
+            "run.requested",
+            env,
+            Some(&run.id),
+            request.reason.as_deref(),
+            json!({"release": release.hash, "head": release.head}),
+        )?;
+        self.transition(&mut run, RunState::Queued, &request.actor)?;
+        Ok(run)
+    }
+
+    /// Records an approval. Self-approval and approvers the policy does not name are refused;
+    /// approving twice is harmless.
+    pub async fn approve(&self, run_id: &str, actor: &str, comment: Option<String>) -> Result<Run> {
+        let _decisions = self.decisions.lock().await;
+        let mut run = self.run(run_id)?;
+        if !run.state.is_waiting() {
+            return Err(Error::Conflict(format!(
+                "run {run_id} is {}; only a waiting run can be approved",
+                run.state.describe()
+            )));
+        }
+        let policy = self.loaded().policies.for_env(&run.environment);
+        if actor == run.requested_by {
+            return Err(Error::Refused(format!(
+                "`{actor}` requested run {run_id} and cannot approve it; another approver must"
+            )));
+        }
+        if !policy.approvals.may_approve(actor) {
+            return Err(Error::Refused(format!(
+                "the policy of `{}` accepts approvals only from {}",
+                run.environment,
+                policy.approvals.from.join(", ")
+            )));
+        }
+        if run.approvals.iter().any(|a| a.by == actor) {
+            return Ok(run);
+        }
+        run.approvals.push(Approval {
+            by: actor.into(),
+            at: Utc::now(),
+            comment: comment.clone(),
+        });
+        self.save(&run)?;
+        self.event(
+            actor,
+            "run.approved",
+            &run.environment,
+            Some(&run.id),
+            comment.as_deref(),
+            json!({"approvals": run.approvals.len()}),
+        )?;
+        self.wake.notify_one();
+        Ok(run)
+    }
+
+    /// An approver stops a waiting run.
+    pub async fn reject(&self, run_id: &str, actor: &str, reason: &str) -> Result<Run> {
+        let _decisions = self.decisions.lock().await;
+        let mut run = self.run(run_id)?;
+        if !run.state.is_waiting() {
+            return Err(Error::Conflict(format!(
+                "run {run_id} is {}; only a waiting run can be rejected",
+                run.state.describe()
+            )));
+        }
+        if actor == run.requested_by {
+            return Err(Error::Refused(format!(
+                "`{actor}` requested run {run_id}; cancel it instead of rejecting it"
+            )));
+        }
+        self.transition(
+            &mut run,
+            RunState::Rejected {
+                reason: format!("rejected by {actor}: {reason}"),
+            },
+            actor,
+        )?;
+        Ok(run)
+    }
+
+    /// Cancels a waiting run, or a halted one (the environment stays as it is; the reason is
+    /// recorded).
+    pub async fn cancel(&self, run_id: &str, actor: &str, reason: &str) -> Result<Run> {
+        let _decisions = self.decisions.lock().await;
+        let mut run = self.run(run_id)?;
+        match &run.state {
+            s if s.is_waiting() => {}
+            RunState::Halted { .. } => {}
+            other => {
+                return Err(Error::Conflict(format!(
+                    "run {run_id} is {}; only a waiting or halted run can be cancelled",
+                    other.describe()
+                )))
+            }
+        }
+        self.transition(
+            &mut run,
+            RunState::Cancelled {
+                reason: format!("cancelled by {actor}: {reason}"),
+            },
+            actor,
+        )?;
+        self.wake.notify_one();
+        Ok(run)
+    }
+
+    /// Continues a halted run from the step it stopped at.
+    pub async fn resume(self: &Arc<Self>, run_id: &str, actor: &str) -> Result<Run> {
+        let _decisions = self.decisions.lock().await;
+        let mut run = self.run(run_id)?;
+        let RunState::Halted { .. } = &run.state else {
+            return Err(Error::Conflict(format!(
+                "run {run_id} is {}; only a halted run can be resumed",
+                run.state.describe()
+            )));
+        };
+        let before = run
+            .transitions
+            .iter()
+            .rev()
+            .map(|t| &t.state)
+            .find(|s| !matches!(s, RunState::Halted { .. }))
+            .cloned()
+            .unwrap_or(RunState::Locked);
+        let next = match before {
+            RunState::Verifying => RunState::Verifying,
+            RunState::RollingBack { method, reason } => RunState::RollingBack { method, reason },
+            RunState::Applying { .. } | RunState::Snapshotted => RunState::Snapshotted,
+            _ => RunState::Locked,
+        };
+        self.transition(&mut run, next, actor)?;
+        self.spawn_driver(&run);
+        Ok(run)
+    }
+
+    /// Puts an environment back where it was before its last successful promotion: down
+    /// scripts or the snapshot, as its policy's ladder says. Skips gates: it is the way out.
+    pub async fn request_rollback(
+        self: &Arc<Self>,
+        env: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Run> {
+        let loaded = self.loaded();
+        loaded.environment(env)?;
+        let _decisions = self.decisions.lock().await;
+        let runs = self.store.runs()?;
+        if let Some(holder) = runs
+            .iter()
+            .find(|r| r.environment == env && r.state.holds_environment())
+        {
+            return Err(Error::Conflict(format!(
+                "run {} is {} on `{env}`; cancel or finish it first",
+                holder.id,
+                holder.state.describe()
+            )));
+        }
+        let state = self.store.environment_state(env)?;
+        let last = state
+            .run_id
+            .as_deref()
+            .and_then(|id| runs.iter().find(|r| r.id == id))
+            .filter(|r| r.kind == RunKind::Promotion && !r.applied.is_empty())
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "`{env}` has no promotion by sluice to roll back (its last run applied nothing)"
+                ))
+            })?;
+        let now = Utc::now();
+        let mut run = Run {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind: RunKind::Rollback,
+            environment: env.into(),
+            release: last.release.clone(),
+            head: last.head.clone(),
+            previous_release: last.previous_release.clone(),
+            requested_by: actor.into(),
+            reason: Some(reason.into()),
+            created_at: now,
+            updated_at: now,
+            state: RunState::Queued,
+            transitions: Vec::new(),
+            plan: last.applied.clone(),
+            applied: last.applied.clone(),
+            snapshot: last.snapshot.clone(),
+            approvals: Vec::new(),
+            measurements: Vec::new(),
+            health: None,
+            error: None,
+            rolls_back: Some(last.id.clone()),
+        };
+        self.counters.runs_requested.fetch_add(1, Ordering::Relaxed);
+        self.event(
+            actor,
+            "rollback.requested",
+            env,
+            Some(&run.id),
+            Some(reason),
+            json!({"rolls_back": last.id, "release": last.release}),
+        )?;
+        self.transition(&mut run, RunState::Queued, actor)?;
+        let method =
+            machine::choose_method(&loaded, &loaded.policies.for_env(env), &run, &run.applied)
+                .map_err(Error::Conflict)?;
+        self.transition(
+            &mut run,
+            RunState::RollingBack {
+                method,
+                reason: format!("requested by {actor}: {reason}"),
+            },
+            actor,
+        )?;
+        self.spawn_driver(&run);
+        Ok(run)
+    }
+
+    /// Looks at every waiting run once: updates what it waits for, and starts the first run of
+    /// each free environment whose gates are all open.
+    pub async fn tick(self: &Arc<Self>) -> Result<()> {
+        if self.is_stopping() {
+            return Ok(());
+        }
+        self.counters.ticks.fetch_add(1, Ordering::Relaxed);
+        let loaded = self.loaded();
+        let _decisions = self.decisions.lock().await;
+        let runs = self.store.runs()?;
+        let now = Utc::now();
+        for env in loaded.environments.keys() {
+            let holder = runs
+                .iter()
+                .find(|r| &r.environment == env && r.state.holds_environment());
+            let waiting: Vec<&Run> = runs
+                .iter()
+                .filter(|r| &r.environment == env && r.state.is_waiting())
+                .collect();
+            let policy = loaded.policies.for_env(env);
+            let mut ahead = holder;
+            for run in waiting {
+                let Some(release) = self.store.release(&run.release)? else {
+                    continue;
+                };
+                let upstream_state;
+                let upstream_release;
+                let upstream = match &policy.from {
+                    Some(from) => {
+                        upstream_state = self.store.environment_state(from)?;
+                        upstream_release = match &upstream_state.release {
+                            Some(h) => self.store.release(h)?,
+                            None => None,
+                        };
+                        Some((&upstream_state, upstream_release.as_ref()))
+                    }
+                    None => None,
+                };
+                let closed = closed_gates(&GateInput {
+                    policy: &policy,
+                    run,
+                    release: &release,
+                    upstream,
+                    ahead,
+                    now,
+                });
+                let mut run = run.clone();
+                if closed.is_empty() {
+                    self.transition(&mut run, RunState::Locked, MACHINE_ACTOR)?;
+                    self.spawn_driver(&run);
+                    break;
+                }
+                let changed = match &run.state {
+                    RunState::Gated { waiting_for } => {
+                        gate_kinds(waiting_for) != gate_kinds(&closed)
+                    }
+                    _ => true,
+                };
+                if changed {
+                    self.transition(
+                        &mut run,
+                        RunState::Gated {
+                            waiting_for: closed,
+                        },
+                        MACHINE_ACTOR,
+                    )?;
+                } else if let RunState::Gated { waiting_for } = &mut run.state {
+                    if *waiting_for != closed {
+                        *waiting_for = closed;
+                        self.save(&run)?;
+                    }
+                }
+                if ahead.is_none() {
+                    // Later waiting runs queue behind this one.
+                    ahead = runs.iter().find(|r| r.id == run.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a driver for every run that holds its environment and has none (after a crash
+    /// or restart). Halted runs wait for a person.
+    pub async fn recover(self: &Arc<Self>) -> Result<Vec<Run>> {
+        let _decisions = self.decisions.lock().await;
+        let mut resumed = Vec::new();
+        for run in self.store.runs()? {
+            if run.state.holds_environment() && !matches!(run.state, RunState::Halted { .. }) {
+                tracing::warn!(run = %run.id, environment = %run.environment, state = %run.state.describe(), "resuming an unfinished run");
+                self.event(
+                    MACHINE_ACTOR,
+                    "run.recovering",
+                    &run.environment,
+                    Some(&run.id),
+                    None,
+                    json!({"state": run.state.name()}),
+                )?;
+                self.spawn_driver(&run);
+                resumed.push(run);
+            }
+        }
+        Ok(resumed)
+    }
+
+    fn spawn_driver(self: &Arc<Self>, run: &Run) {
+        let Ok(mut drivers) = self.drivers.lock() else {
+            return;
+        };
+        if let Some(existing) = drivers.get(&run.environment) {
+            if !existing.is_finished() {
+                return;
+            }
+        }
+        let engine = self.clone();
+        let run_id = run.id.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(err) = machine::drive(&engine, &run_id).await {
+                tracing::error!(run = %run_id, error = %err, "run driver stopped");
+            }
+            engine.wake.notify_one();
+        });
+        drivers.insert(run.environment.clone(), handle);
+    }
+
+    /// Called by the machine when a run succeeded: requests promotions downstream where the
+    /// policy says `auto_promote`.
+    pub(crate) async fn after_success(&self, run: &Run) -> Result<()> {
+        if !self.options.auto_promote || run.kind != RunKind::Promotion {
+            return Ok(());
+        }
+        let loaded = self.loaded();
+        for policy in loaded.policies.downstream(&run.environment) {
+            if !policy.auto_promote {
+                continue;
+            }
+            let request = PromotionRequest {
+                to: policy.environment.clone(),
+                release: Some(run.release.clone()),
+                ladder: false,
+                actor: MACHINE_ACTOR.into(),
+                reason: Some(format!(
+                    "auto-promote: `{}` succeeded with release {}",
+                    run.environment,
+                    short_hash(&run.release)
+                )),
+            };
+            match self.request_promotion(&request).await {
+                Ok(_) => {}
+                Err(Error::Conflict(why)) => {
+                    tracing::info!(environment = %policy.environment, reason = %why, "no auto-promotion")
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when shutdown begins.
+    pub(crate) fn stop_receiver(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop_signal.subscribe()
+    }
+
+    /// Runs gates every tick (and whenever something changes) until shutdown.
+    pub async fn run_ticker(self: Arc<Self>) {
+        let mut stop = self.stop_receiver();
+        loop {
+            if let Err(err) = self.tick().await {
+                tracing::error!(error = %err, "evaluating gates failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.options.tick) => {}
+                _ = self.wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Wakes the ticker now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Begins shutdown: no run starts, each driver finishes or parks its current step; waits
+    /// for them.
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.stop_signal.send(true);
+        let handles: Vec<_> = match self.drivers.lock() {
+            Ok(mut drivers) => drivers.drain().map(|(_, h)| h).collect(),
+            Err(_) => Vec::new(),
+        };
+        for handle in handles {
+            let _ = handle.await;
+        }
+    }
+
+    /// Whether a driver is working on `environment` now.
+    pub fn is_driving(&self, environment: &str) -> bool {
+        self.drivers
+            .lock()
+            .map(|d| d.get(environment).is_some_and(|h| !h.is_finished()))
+            .unwrap_or(false)
+    }
+
+    /// Whether any driver is working.
+    pub fn any_driving(&self) -> bool {
+        self.drivers
+            .lock()
+            .map(|d| d.values().any(|h| !h.is_finished()))
+            .unwrap_or(false)
+    }
+
+    /// The project root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the environments' files are.
+    pub fn environments_dir(&self) -> PathBuf {
+        self.root.join(ENVIRONMENTS_DIR)
+    }
+}
+
+/// The gate kinds of a list of closed gates (`soak`, `approval`, …): a change of kind is a
+/// transition worth recording; a change of only the numbers is not.
+fn gate_kinds(gates: &[String]) -> Vec<&str> {
+    gates
+        .iter()
+        .map(|g| g.split(':').next().unwrap_or(g.as_str()))
+        .collect()
+}

@@ -1,0 +1,306 @@
+//! The gates a waiting run must pass before it may touch its environment: the upstream
+//! environment on the release and soaked, enough approvals, an open window, and no other run
+//! holding the environment. Pure functions of what the store knows and the time, so every
+//! gate can be tested without a clock or a database.
+
+use chrono::{DateTime, Utc};
+
+use crate::policy::{window_verdict, Policy, WindowVerdict};
+use crate::store::records::short_hash;
+use crate::store::{EnvironmentState, Release, Run};
+
+/// What the gates look at for one waiting run.
+pub struct GateInput<'a> {
+    /// The policy of the run's environment.
+    pub policy: &'a Policy,
+    /// The waiting run.
+    pub run: &'a Run,
+    /// The release it brings.
+    pub release: &'a Release,
+    /// The upstream environment's state and release, when the policy has `from`.
+    pub upstream: Option<(&'a EnvironmentState, Option<&'a Release>)>,
+    /// Another run that holds the environment or is ahead in the queue.
+    pub ahead: Option<&'a Run>,
+    /// Now.
+    pub now: DateTime<Utc>,
+}
+
+/// Approvals that count now: not by the requester, by someone the policy allows, not expired.
+pub fn valid_approvals(policy: &Policy, run: &Run, now: DateTime<Utc>) -> usize {
+    run.approvals
+        .iter()
+        .filter(|a| a.by != run.requested_by && policy.approvals.may_approve(&a.by))
+        .filter(|a| {
+            policy.approvals.expiry.is_none_or(|expiry| {
+                chrono::Duration::from_std(expiry).is_ok_and(|expiry| now - a.at < expiry)
+            })
+        })
+        .count()
+}
+
+/// One sentence per closed gate; empty when the run may go.
+pub fn closed_gates(input: &GateInput<'_>) -> Vec<String> {
+    let mut closed = Vec::new();
+    let policy = input.policy;
+    let short = input.release.short();
+    if let Some(from) = &policy.from {
+        match input.upstream {
+            Some((state, Some(upstream_release)))
+                if input.release.is_prefix_of(upstream_release) && state.healthy =>
+            {
+                let since = state.since.unwrap_or(input.now);
+                let soak = chrono::Duration::from_std(policy.soak).unwrap_or(chrono::Duration::MAX);
+                let soaked = input.now - since;
+                if soaked < soak {
+                    closed.push(format!(
+                        "soak: `{from}` has been healthy on release {short} for {}s of {}s (opens at {})",
+                        soaked.num_seconds().max(0),
+                        policy.soak.as_secs(),
+                        (since + soak).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ));
+                }
+            }
+            Some((state, _)) => closed.push(format!(
+                "upstream: waiting for `{from}` to be healthy on release {short} ({})",
+                match state.release.as_deref() {
+                    Some(hash) if !state.healthy =>
+                        format!("it is on {} and not healthy", short_hash(hash)),
+                    Some(hash) => format!("it is on {}", short_hash(hash)),
+                    None => "it has no release from sluice yet".to_string(),
+                }
+            )),
+            None => closed.push(format!(
+                "upstream: waiting for `{from}` to be healthy on release {short}"
+            )),
+        }
+    }
+    let required = policy.approvals.required as usize;
+    if required > 0 {
+        let have = valid_approvals(policy, input.run, input.now);
+        if have < required {
+            let who = if policy.approvals.from.is_empty() {
+                "anyone with the approver role except the requester".to_string()
+            } else {
+                policy.approvals.from.join(", ")
+            };
+            closed.push(format!(
+                "approval: {have} of {required} approvals (approvers: {who}); approve with `sluice approve {}`",
+                input.run.id
+            ));
+        }
+    }
+    if let WindowVerdict::Closed { reason, .. } = window_verdict(&policy.windows, input.now) {
+        closed.push(format!("window: {reason}"));
+    }
+    if let Some(ahead) = input.ahead {
+        closed.push(format!(
+            "concurrency: run {} is {} on `{}`",
+            ahead.id,
+            ahead.state.describe(),
+            ahead.environment
+        ));
+    }
+    closed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policies;
+    use crate::store::{Approval, ReleaseMigration, RunKind, RunState};
+    use chrono::TimeZone;
+    use std::path::Path;
+
+    fn policy(text: &str) -> Policy {
+        let envs = ["dev".to_string(), "staging".to_string(), "prod".to_string()];
+        Policies::parse_file(Path::new("policies/prod.toml"), text, &envs).unwrap()
+    }
+
+    fn release(names: &[&str]) -> Release {
+        Release {
+            hash: format!("hash-{}", names.join("-")),
+            head: names.last().map(|s| s.to_string()),
+            migrations: names
+                .iter()
+                .map(|n| ReleaseMigration {
+                    name: n.to_string(),
+                    checksum: format!("c-{n}"),
+                })
+                .collect(),
+            recorded_at: Utc::now(),
+            source: "test".into(),
+        }
+    }
+
+    fn run(requested_by: &str, approvals: &[(&str, DateTime<Utc>)]) -> Run {
+        Run {
+            id: "run-1".into(),
+            kind: RunKind::Promotion,
+            environment: "prod".into(),
+            release: "hash-a-b".into(),
+            head: Some("b".into()),
+            previous_release: None,
+            requested_by: requested_by.into(),
+            reason: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            state: RunState::Queued,
+            transitions: vec![],
+            plan: vec![],
+            applied: vec![],
+            snapshot: None,
+            approvals: approvals
+                .iter()
+                .map(|(by, at)| Approval {
+                    by: by.to_string(),
+                    at: *at,
+                    comment: None,
+                })
+                .collect(),
+            measurements: vec![],
+            health: None,
+            error: None,
+            rolls_back: None,
+        }
+    }
+
+    fn upstream(release: &Release, since: DateTime<Utc>, healthy: bool) -> EnvironmentState {
+        EnvironmentState {
+            release: Some(release.hash.clone()),
+            head: release.head.clone(),
+            since: Some(since),
+            run_id: Some("up".into()),
+            healthy,
+            history: vec![],
+        }
+    }
+
+    fn gates(
+        policy: &Policy,
+        run: &Run,
+        rel: &Release,
+        up: Option<(&EnvironmentState, Option<&Release>)>,
+        now: DateTime<Utc>,
+    ) -> Vec<String> {
+        closed_gates(&GateInput {
+            policy,
+            run,
+            release: rel,
+            upstream: up,
+            ahead: None,
+            now,
+        })
+    }
+
+    #[test]
+    fn soak_holds_until_the_upstream_release_has_been_healthy_long_enough() {
+        let p = policy("environment = \"prod\"\nfrom = \"staging\"\nsoak = \"10m\"\n");
+        let rel = release(&["a", "b"]);
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
+        let r = run("ci", &[]);
+        let since = now - chrono::Duration::minutes(4);
+        let up = upstream(&rel, since, true);
+        let closed = gates(&p, &r, &rel, Some((&up, Some(&rel))), now);
+        assert_eq!(closed.len(), 1, "{closed:?}");
+        assert!(closed[0].starts_with("soak: `staging` has been healthy on release hash-a-b for 240s of 600s (opens at 2026-11-22T12:06:00Z)"), "{closed:?}");
+        assert!(gates(
+            &p,
+            &r,
+            &rel,
+            Some((&up, Some(&rel))),
+            now + chrono::Duration::minutes(6)
+        )
+        .is_empty());
+        // A newer upstream release that contains this one counts; an unhealthy one does not.
+        let newer = release(&["a", "b", "c"]);
+        let up_newer = upstream(&newer, since, true);
+        assert!(gates(
+            &p,
+            &r,
+            &rel,
+            Some((&up_newer, Some(&newer))),
+            now + chrono::Duration::hours(1)
+        )
+        .is_empty());
+        let sick = upstream(&rel, since, false);
+        let closed = gates(
+            &p,
+            &r,
+            &rel,
+            Some((&sick, Some(&rel))),
+            now + chrono::Duration::hours(1),
+        );
+        assert!(
+            closed[0].starts_with("upstream:") && closed[0].contains("not healthy"),
+            "{closed:?}"
+        );
+        // An upstream on an older release holds the run.
+        let older = release(&["a"]);
+        let up_old = upstream(&older, since, true);
+        let closed = gates(
+            &p,
+            &r,
+            &rel,
+            Some((&up_old, Some(&older))),
+            now + chrono::Duration::hours(1),
+        );
+        assert!(
+            closed[0].starts_with("upstream: waiting for `staging`"),
+            "{closed:?}"
+        );
+    }
+
+    #[test]
+    fn approvals_count_only_allowed_unexpired_approvers_other_than_the_requester() {
+        let p = policy(
+            "environment = \"prod\"\n[approvals]\nrequired = 1\nfrom = [\"alice\", \"bob\"]\nexpiry = \"1h\"\n",
+        );
+        let rel = release(&["a", "b"]);
+        let now = Utc::now();
+        let fresh = now - chrono::Duration::minutes(5);
+        let stale = now - chrono::Duration::hours(2);
+        assert_eq!(gates(&p, &run("ci", &[]), &rel, None, now).len(), 1);
+        assert!(gates(&p, &run("ci", &[("alice", fresh)]), &rel, None, now).is_empty());
+        for not_counted in [
+            run("alice", &[("alice", fresh)]),
+            run("ci", &[("mallory", fresh)]),
+            run("ci", &[("bob", stale)]),
+        ] {
+            let closed = gates(&p, &not_counted, &rel, None, now);
+            assert_eq!(closed.len(), 1, "{:?}", not_counted.approvals);
+            assert!(
+                closed[0].starts_with("approval: 0 of 1 approvals (approvers: alice, bob)"),
+                "{closed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_deny_window_and_a_run_ahead_hold_the_run() {
+        let p = policy(
+            "environment = \"prod\"\n[[windows]]\nname = \"freeze\"\nkind = \"deny\"\ncron = \"0 0 12 * * *\"\nduration = \"1h\"\n",
+        );
+        let rel = release(&["a"]);
+        let inside = Utc.with_ymd_and_hms(2026, 11, 22, 12, 30, 0).unwrap();
+        let closed = gates(&p, &run("ci", &[]), &rel, None, inside);
+        assert_eq!(closed.len(), 1);
+        assert!(
+            closed[0].starts_with("window:") && closed[0].contains("freeze"),
+            "{closed:?}"
+        );
+        let outside = Utc.with_ymd_and_hms(2026, 11, 22, 13, 30, 0).unwrap();
+        assert!(gates(&p, &run("ci", &[]), &rel, None, outside).is_empty());
+        let mut ahead = run("ci", &[]);
+        ahead.id = "run-0".into();
+        ahead.state = RunState::Verifying;
+        let closed = closed_gates(&GateInput {
+            policy: &p,
+            run: &run("ci", &[]),
+            release: &rel,
+            upstream: None,
+            ahead: Some(&ahead),
+            now: outside,
+        });
+        assert_eq!(closed, ["concurrency: run run-0 is verifying on `prod`"]);
+    }
+}

@@ -1,0 +1,112 @@
+//! What the API returns and the CLI prints about environments and runs, built the same way
+//! for a daemon and for `--local` commands so both show the same thing.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::store::{Event, Run, RunKind};
+
+use super::engine::Engine;
+
+/// A run in a listing: enough to see where it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Run id.
+    pub id: String,
+    /// Promotion or rollback.
+    pub kind: RunKind,
+    /// The release.
+    pub release: String,
+    /// State name.
+    pub state: String,
+    /// State with its details, for people.
+    pub describe: String,
+}
+
+impl RunSummary {
+    /// The summary of `run`.
+    pub fn of(run: &Run) -> RunSummary {
+        RunSummary {
+            id: run.id.clone(),
+            kind: run.kind,
+            release: run.release.clone(),
+            state: run.state.name().into(),
+            describe: run.state.describe(),
+        }
+    }
+}
+
+/// An environment with its current release and the runs concerning it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentView {
+    /// Name.
+    pub name: String,
+    /// The release it is on, as recorded by sluice.
+    pub release: Option<String>,
+    /// That release's head migration.
+    pub head: Option<String>,
+    /// Since when.
+    pub since: Option<DateTime<Utc>>,
+    /// Whether the run that brought it there passed its health checks.
+    pub healthy: bool,
+    /// The run that brought it there.
+    pub run_id: Option<String>,
+    /// The run holding it now (locked … rolling back, or halted).
+    pub active_run: Option<RunSummary>,
+    /// Runs waiting for it, oldest first.
+    pub waiting_runs: Vec<RunSummary>,
+    /// The environment that feeds it.
+    pub from: Option<String>,
+    /// Whether releases arrive by themselves.
+    pub auto_promote: bool,
+}
+
+/// Views of every environment, in ladder order.
+pub fn environment_views(engine: &Engine) -> Result<Vec<EnvironmentView>> {
+    let loaded = engine.loaded();
+    let runs = engine.store().runs()?;
+    let mut views = Vec::new();
+    for name in loaded.ladder_order() {
+        let state = engine.store().environment_state(&name)?;
+        let policy = loaded.policies.for_env(&name);
+        views.push(EnvironmentView {
+            active_run: runs
+                .iter()
+                .find(|r| r.environment == name && r.state.holds_environment())
+                .map(RunSummary::of),
+            waiting_runs: runs
+                .iter()
+                .filter(|r| r.environment == name && r.state.is_waiting())
+                .map(RunSummary::of)
+                .collect(),
+            release: state.release,
+            head: state.head,
+            since: state.since,
+            healthy: state.healthy,
+            run_id: state.run_id,
+            from: policy.from.clone(),
+            auto_promote: policy.auto_promote,
+            name,
+        });
+    }
+    Ok(views)
+}
+
+/// A run with, when asked for one run, its audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunView {
+    /// The run.
+    #[serde(flatten)]
+    pub run: Run,
+    /// Its events, oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<Event>>,
+}
+
+impl RunView {
+    /// The view of `run`.
+    pub fn of(run: Run, events: Option<Vec<Event>>) -> RunView {
+        RunView { run, events }
+    }
+}

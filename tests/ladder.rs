@@ -1,0 +1,666 @@
+//! The promotion daemon end to end on real PostgreSQL with pg-template snapshots: a release
+//! moving dev → staging → prod through soak, approval and window gates; a failing health check
+//! rolled back by snapshot and by down scripts; two requests at once; two daemons on one store.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{Timelike, Utc};
+use common::daemon::*;
+use common::*;
+use serde_json::Value;
+
+const DEPLOYER: &str = "slc_deployer_token_0123456789";
+const ALICE: &str = "slc_alice_token_0123456789abcd";
+const ADMIN: &str = "slc_admin_token_0123456789abcd";
+
+const M1: &str = "20240101000000_users";
+const M2: &str = "20240102000000_orders";
+const M3: &str = "20240103000000_order_status";
+
+/// A project with environments dev, staging, prod on three fresh databases, pg-template
+/// snapshots, a schema health check, three migrations with down scripts, and tokens.
+struct Ladder {
+    project: Project,
+    dbs: Vec<(String, TestDb)>,
+}
+
+impl Ladder {
+    fn new(prefix: &str, health: &[(&str, &str)]) -> Ladder {
+        let names = ["dev", "staging", "prod"];
+        let dbs: Vec<(String, TestDb)> = names
+            .iter()
+            .map(|n| (n.to_string(), pg().create_db(&format!("{prefix}_{n}"))))
+            .collect();
+        let mut project = Project::with_local_migrations(&[], "");
+        for (name, db) in &dbs {
+            let extra = health
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, h)| h.to_string())
+                .unwrap_or_default();
+            project.add_env(
+                name,
+                &db.url,
+                &format!("lock_timeout = \"5s\"\n[snapshot]\nprovider = \"pg-template\"\n{extra}"),
+            );
+        }
+        add_migration_with_down(
+            &project,
+            M1,
+            "CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL);\n",
+            "DROP TABLE users;\n",
+        );
+        add_migration_with_down(
+            &project,
+            M2,
+            "CREATE TABLE orders (id serial PRIMARY KEY, user_id int NOT NULL REFERENCES users(id));\n",
+            "DROP TABLE orders;\n",
+        );
+        add_migration_with_down(
+            &project,
+            M3,
+            "CREATE TYPE order_status AS ENUM ('new', 'paid');\n\
+             ALTER TABLE orders ADD COLUMN status order_status NOT NULL DEFAULT 'new';\n",
+            "ALTER TABLE orders DROP COLUMN status;\nDROP TYPE order_status;\n",
+        );
+        write_tokens(
+            &project,
+            &[
+                ("deployer", DEPLOYER, "\"*\" = \"deployer\""),
+                ("alice", ALICE, "\"*\" = \"approver\""),
+                ("admin", ADMIN, "\"*\" = \"admin\""),
+            ],
+        );
+        std::fs::write(
+            project.path().join("sluice.toml"),
+            "migrations = \"migrations\"\nstate_dir = \".sluice\"\n\n[daemon]\ntokens_file = \"tokens.toml\"\ntick = \"100ms\"\nwatch_interval = \"0s\"\n",
+        )
+        .unwrap();
+        Ladder { project, dbs }
+    }
+
+    fn db(&self, name: &str) -> &TestDb {
+        &self.dbs.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    fn policy(&self, name: &str, text: &str) {
+        let dir = self.project.path().join("policies");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+    }
+}
+
+fn add_migration_with_down(project: &Project, name: &str, up: &str, down: &str) {
+    let file = project.add_migration(name, up);
+    std::fs::write(file.with_file_name("down.sql"), down).unwrap();
+}
+
+fn history_rows(db: &TestDb) -> String {
+    db.psql_try(
+        "SELECT migration_name, finished_at IS NOT NULL, rolled_back_at IS NOT NULL \
+         FROM _prisma_migrations ORDER BY started_at, migration_name",
+    )
+    .unwrap_or_else(|e| format!("no history table: {e}"))
+}
+
+fn snapshot_count(db: &TestDb) -> i64 {
+    db.psql_i64(&format!(
+        "SELECT count(*) FROM pg_database WHERE starts_with(datname, '{}_snap_')",
+        db.name
+    ))
+}
+
+fn waiting_for(run: &Value) -> Vec<String> {
+    run["state"]["waiting_for"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn gate_kinds(run: &Value) -> Vec<String> {
+    waiting_for(run)
+        .iter()
+        .map(|g| g.split(':').next().unwrap_or("").to_string())
+        .collect()
+}
+
+fn only_run(daemon: &Daemon, env: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let runs = daemon.wait_runs(env, DEPLOYER, Duration::from_secs(120), |runs| {
+        runs.len() == 1 && done(&runs[0])
+    });
+    runs[0].clone()
+}
+
+#[test]
+fn a_release_climbs_the_ladder_through_soak_approval_and_window() {
+    let ladder = Ladder::new("climb", &[]);
+    ladder.policy("dev", "environment = \"dev\"\n");
+    ladder.policy(
+        "staging",
+        "environment = \"staging\"\nfrom = \"dev\"\nauto_promote = true\nsoak = \"3s\"\n",
+    );
+    // A deny window that started when the test started and lasts 40 seconds.
+    let now = Utc::now();
+    ladder.policy(
+        "prod",
+        &format!(
+            "environment = \"prod\"\nfrom = \"staging\"\nauto_promote = true\nsoak = \"1s\"\n\
+             [approvals]\nrequired = 1\nfrom = [\"alice\"]\n\
+             [[windows]]\nname = \"test freeze\"\nkind = \"deny\"\ncron = \"{} {} {} * * *\"\nduration = \"40s\"\ntimezone = \"UTC\"\n",
+            now.second(),
+            now.minute(),
+            now.hour()
+        ),
+    );
+    let daemon = Daemon::start(&ladder.project, &[]);
+
+    let (status, created) = daemon.post(
+        "/v1/promotions",
+        Some(DEPLOYER),
+        r#"{"to": "dev", "reason": "ship it"}"#,
+    );
+    assert_eq!(status, 202, "{created}");
+    let dev_run = created[0]["id"].as_str().unwrap().to_string();
+    let dev = daemon.wait_run(&dev_run, DEPLOYER, Duration::from_secs(60), |r| {
+        state_of(r) == "succeeded"
+    });
+    assert_eq!(dev["applied"].as_array().unwrap().len(), 3, "{dev}");
+
+    // staging: created by auto_promote, held by the soak gate, then opened by time.
+    let staging = only_run(&daemon, "staging", |r| state_of(r) == "gated");
+    assert_eq!(gate_kinds(&staging), ["soak"], "{staging}");
+    let staging_id = staging["id"].as_str().unwrap().to_string();
+    let staging = daemon.wait_run(&staging_id, DEPLOYER, Duration::from_secs(60), |r| {
+        state_of(r) == "succeeded"
+    });
+    let states: Vec<&str> = staging["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "queued",
+            "gated",
+            "locked",
+            "snapshotted",
+            "applying",
+            "applying",
+            "applying",
+            "verifying",
+            "succeeded"
+        ],
+        "{staging}"
+    );
+
+    // prod: held by the approval and the deny window.
+    let prod = only_run(&daemon, "prod", |r| {
+        state_of(r) == "gated" && gate_kinds(r).contains(&"approval".to_string())
+    });
+    assert!(gate_kinds(&prod).contains(&"window".to_string()), "{prod}");
+    assert!(
+        waiting_for(&prod).iter().any(|g| g.contains("test freeze")),
+        "{prod}"
+    );
+    let prod_id = prod["id"].as_str().unwrap().to_string();
+    assert!(ladder
+        .db("prod")
+        .psql_try("SELECT 1 FROM _prisma_migrations")
+        .is_err());
+
+    // The requester (sluice itself, by auto_promote) is not alice; a deployer cannot approve.
+    let (status, refused) =
+        daemon.post(&format!("/v1/runs/{prod_id}/approve"), Some(DEPLOYER), "{}");
+    assert_eq!(status, 403, "{refused}");
+    let (status, approved) = daemon.post(
+        &format!("/v1/runs/{prod_id}/approve"),
+        Some(ALICE),
+        r#"{"comment": "looks good"}"#,
+    );
+    assert_eq!(status, 200, "{approved}");
+
+    // The approval gate opens; the window still holds the run.
+    let prod = daemon.wait_run(&prod_id, DEPLOYER, Duration::from_secs(30), |r| {
+        state_of(r) == "gated" && gate_kinds(r) == ["window"]
+    });
+    assert_eq!(prod["approvals"][0]["by"], "alice");
+    assert!(ladder
+        .db("prod")
+        .psql_try("SELECT 1 FROM _prisma_migrations")
+        .is_err());
+
+    // The window ends 40 s after the test began; then prod runs.
+    let prod = daemon.wait_run(&prod_id, DEPLOYER, Duration::from_secs(90), |r| {
+        state_of(r) == "succeeded"
+    });
+    assert_eq!(prod["applied"].as_array().unwrap().len(), 3);
+
+    for (name, db) in &ladder.dbs {
+        assert_eq!(
+            history_rows(db),
+            format!("{M1}|t|f\n{M2}|t|f\n{M3}|t|f"),
+            "history of {name}"
+        );
+        assert_eq!(snapshot_count(db), 1, "one snapshot of {name}");
+        assert_eq!(
+            db.psql("SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum"),
+            "new,paid"
+        );
+    }
+    let (status, envs) = daemon.get("/v1/environments", Some(DEPLOYER));
+    assert_eq!(status, 200);
+    let release = dev["release"].as_str().unwrap();
+    for env in envs.as_array().unwrap() {
+        assert_eq!(env["release"], release, "{env}");
+        assert_eq!(env["healthy"], true, "{env}");
+    }
+    let (_, events) = daemon.get(&format!("/v1/runs/{prod_id}"), Some(DEPLOYER));
+    let actions: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"run.approved"), "{actions:?}");
+    assert!(actions.contains(&"snapshot.created"), "{actions:?}");
+    let (status, metrics) = daemon.get("/metrics", None);
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains("sluice_runs_finished_total{state=\"succeeded\"} 3"),
+        "{metrics}"
+    );
+}
+
+/// A health check that fails after staging migrates: staging is put back by the ladder's
+/// method, prod is never touched, and the run says why.
+fn failing_health_check_rolls_back(method: &str) {
+    let failing = "[[health]]\nname = \"orders-have-status\"\nkind = \"sql\"\n\
+                   query = \"SELECT count(*) FROM orders WHERE status = 'paid'\"\nexpect = 1\n\
+                   interval = \"50ms\"\ncount = 2\n";
+    let ladder = Ladder::new(&format!("hc_{method}"), &[("staging", failing)]);
+    let on_failure = if method == "down" {
+        "[\"down\", \"snapshot\"]"
+    } else {
+        "[\"snapshot\"]"
+    };
+    ladder.policy("dev", "environment = \"dev\"\n");
+    ladder.policy(
+        "staging",
+        &format!("environment = \"staging\"\nfrom = \"dev\"\nauto_promote = true\n[rollback]\non_failure = {on_failure}\n"),
+    );
+    ladder.policy(
+        "prod",
+        "environment = \"prod\"\nfrom = \"staging\"\nauto_promote = true\n",
+    );
+    // staging already holds data the run must not lose.
+    let staging = ladder.db("staging");
+    staging.psql("CREATE TABLE keepme (id int PRIMARY KEY, note text); INSERT INTO keepme VALUES (1, 'precious')");
+    let before_full = staging.full_dump();
+    let before_history = history_rows(staging);
+
+    let daemon = Daemon::start(&ladder.project, &[]);
+    let (status, created) = daemon.post("/v1/promotions", Some(DEPLOYER), r#"{"to": "dev"}"#);
+    assert_eq!(status, 202, "{created}");
+    let run = only_run(&daemon, "staging", |r| {
+        state_of(r) == "rolled_back" || state_of(r) == "halted"
+    });
+    assert_eq!(state_of(&run), "rolled_back", "{run}");
+    assert_eq!(run["state"]["method"], method, "{run}");
+    let reason = run["state"]["reason"].as_str().unwrap();
+    assert!(reason.contains("orders-have-status"), "{reason}");
+    assert_eq!(run["health"], "failed");
+    assert!(!run["measurements"].as_array().unwrap().is_empty());
+
+    assert_eq!(
+        staging.full_dump(),
+        before_full,
+        "staging's schema and data are as before the run"
+    );
+    match method {
+        "snapshot" => {
+            assert_eq!(history_rows(staging), before_history);
+            assert_eq!(
+                staging.psql_i64(&format!(
+                    "SELECT count(*) FROM pg_database WHERE starts_with(datname, '{}_failed_')",
+                    staging.name
+                )),
+                1,
+                "the replaced state is kept"
+            );
+        }
+        _ => assert_eq!(
+            history_rows(staging),
+            format!("{M1}|t|t\n{M2}|t|t\n{M3}|t|t"),
+            "each migration is recorded as applied, then rolled back"
+        ),
+    }
+    // prod is never touched: no run, no history table.
+    let (_, prod_runs) = daemon.get("/v1/runs?environment=prod", Some(DEPLOYER));
+    assert_eq!(prod_runs.as_array().unwrap().len(), 0, "{prod_runs}");
+    assert!(ladder
+        .db("prod")
+        .psql_try("SELECT 1 FROM _prisma_migrations")
+        .is_err());
+
+    let (_, view) = daemon.get(
+        &format!("/v1/runs/{}", run["id"].as_str().unwrap()),
+        Some(DEPLOYER),
+    );
+    let actions: Vec<&str> = view["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for expected in ["health.checked", "run.rolling_back", "run.rolled_back"] {
+        assert!(
+            actions.contains(&expected),
+            "{expected} missing from {actions:?}"
+        );
+    }
+    let (_, staging_env) = daemon.get("/v1/environments/staging", Some(DEPLOYER));
+    assert_eq!(staging_env["release"], Value::Null, "{staging_env}");
+}
+
+#[test]
+fn a_failing_health_check_rolls_staging_back_from_its_snapshot() {
+    failing_health_check_rolls_back("snapshot");
+}
+
+#[test]
+fn a_failing_health_check_rolls_staging_back_with_down_scripts() {
+    failing_health_check_rolls_back("down");
+}
+
+#[test]
+fn two_requests_for_one_environment_make_one_run_and_a_second_daemon_is_refused() {
+    let ladder = Ladder::new("twice", &[]);
+    ladder.policy("dev", "environment = \"dev\"\n[approvals]\nrequired = 1\n");
+    let daemon = Daemon::start(&ladder.project, &[]);
+    let base = daemon.base.clone();
+    let send = |base: String| {
+        std::thread::spawn(move || {
+            let response = reqwest::blocking::Client::new()
+                .post(format!("{base}/v1/promotions"))
+                .bearer_auth(DEPLOYER)
+                .header("content-type", "application/json")
+                .body(r#"{"to": "dev"}"#)
+                .send()
+                .unwrap();
+            (response.status().as_u16(), response.text().unwrap())
+        })
+    };
+    let (a, b) = (send(base.clone()), send(base));
+    let mut answers = vec![a.join().unwrap(), b.join().unwrap()];
+    answers.sort();
+    assert_eq!(answers[0].0, 202, "{answers:?}");
+    assert_eq!(answers[1].0, 409, "{answers:?}");
+    assert!(answers[1].1.contains("already brings `dev`"), "{answers:?}");
+    let (_, runs) = daemon.get("/v1/runs?environment=dev", Some(DEPLOYER));
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
+
+    let (code, log) = serve_expecting_exit(&ladder.project, &[]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("held by another sluice process"), "{log}");
+}
+
+#[test]
+fn a_held_lock_halts_the_run_and_resume_finishes_it_then_rollback_undoes_it() {
+    let ladder = Ladder::new("resume", &[]);
+    ladder.policy(
+        "dev",
+        "environment = \"dev\"\n[rollback]\non_failure = [\"down\", \"snapshot\"]\n",
+    );
+    let env_file = ladder.project.env_file("dev");
+    // No snapshot: the session holding the lock would block a template copy before the lock
+    // is even tried; the lock is what this test is about.
+    let text = std::fs::read_to_string(&env_file)
+        .unwrap()
+        .replace("lock_timeout = \"5s\"", "lock_timeout = \"1s\"")
+        .replace("[snapshot]\nprovider = \"pg-template\"\n", "");
+    std::fs::write(&env_file, text).unwrap();
+    let dev = ladder.db("dev");
+
+    // Another deploy holds Prisma's migration lock on dev.
+    let mut holder = std::process::Command::new(dev.server().bin("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-d",
+            &dev.url,
+            "-c",
+            "SELECT pg_advisory_lock(72707369)",
+            "-c",
+            "SELECT pg_sleep(600)",
+        ])
+        .env("PGAPPNAME", "lockholder")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while dev.psql_i64("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock holder never got the lock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let daemon = Daemon::start(&ladder.project, &[]);
+    let (status, created) = daemon.post("/v1/promotions", Some(DEPLOYER), r#"{"to": "dev"}"#);
+    assert_eq!(status, 202, "{created}");
+    let id = created[0]["id"].as_str().unwrap().to_string();
+    let halted = daemon.wait_run(&id, DEPLOYER, Duration::from_secs(60), |r| {
+        state_of(r) == "halted"
+    });
+    let reason = halted["state"]["reason"].as_str().unwrap();
+    assert!(reason.contains("nothing was applied"), "{reason}");
+    assert!(
+        reason.contains("lockholder"),
+        "the error names who holds the lock: {reason}"
+    );
+    assert!(
+        dev.psql_try("SELECT 1 FROM _prisma_migrations")
+            .map(|_| ())
+            .is_err()
+            || history_rows(dev).is_empty()
+    );
+    // A halted run keeps the environment: a new promotion waits behind it.
+    let (_, env) = daemon.get("/v1/environments/dev", Some(DEPLOYER));
+    assert_eq!(env["active_run"]["id"], id.as_str(), "{env}");
+
+    dev.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'lockholder' AND datname = current_database()",
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while dev.psql_i64("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed holder's lock never went away"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, resumed) = daemon.post(&format!("/v1/runs/{id}/resume"), Some(DEPLOYER), "");
+    assert_eq!(status, 200, "{resumed}");
+    let done = daemon.wait_run(&id, DEPLOYER, Duration::from_secs(60), |r| {
+        state_of(r) == "succeeded"
+    });
+    assert_eq!(done["applied"].as_array().unwrap().len(), 3);
+    let (status, again) = daemon.post(&format!("/v1/runs/{id}/resume"), Some(DEPLOYER), "");
+    assert_eq!(status, 409, "a finished run cannot be resumed: {again}");
+
+    // Roll dev back by request: down scripts (the policy's first method), history kept.
+    let (status, rollback) = daemon.post(
+        "/v1/environments/dev/rollback",
+        Some(DEPLOYER),
+        r#"{"reason": "bad release"}"#,
+    );
+    assert_eq!(status, 202, "{rollback}");
+    let rollback_id = rollback["id"].as_str().unwrap().to_string();
+    let rolled = daemon.wait_run(&rollback_id, DEPLOYER, Duration::from_secs(60), |r| {
+        state_of(r) == "rolled_back"
+    });
+    assert_eq!(rolled["state"]["method"], "down", "{rolled}");
+    assert_eq!(rolled["rolls_back"], id.as_str());
+    assert_eq!(history_rows(dev), format!("{M1}|t|t\n{M2}|t|t\n{M3}|t|t"));
+    assert!(
+        dev.psql_try("SELECT 1 FROM users").is_err(),
+        "the tables are gone again"
+    );
+    let (_, env) = daemon.get("/v1/environments/dev", Some(DEPLOYER));
+    assert_eq!(env["release"], Value::Null, "{env}");
+    assert!(env["active_run"].is_null(), "{env}");
+    let (status, refused) = daemon.post(
+        "/v1/environments/dev/rollback",
+        Some(DEPLOYER),
+        r#"{"reason": "again"}"#,
+    );
+    assert_eq!(status, 409, "nothing left to roll back: {refused}");
+}
+
+#[test]
+fn the_openapi_document_lists_exactly_the_routes_served() {
+    let ladder = Ladder::new("openapi", &[]);
+    ladder.policy("dev", "environment = \"dev\"\n[approvals]\nrequired = 1\n");
+    let daemon = Daemon::start(&ladder.project, &[]);
+    let (_, created) = daemon.post("/v1/promotions", Some(DEPLOYER), r#"{"to": "dev"}"#);
+    let run_id = created[0]["id"].as_str().unwrap().to_string();
+    let (status, doc) = daemon.get("/v1/openapi.json", None);
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 15, "{paths:?}");
+    let client = reqwest::blocking::Client::new();
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            let url = format!(
+                "{}{}",
+                daemon.base,
+                path.replace("{env}", "dev").replace("{id}", &run_id)
+            );
+            let request = match method.as_str() {
+                "get" => client.get(&url),
+                "post" => client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body("{}"),
+                other => panic!("unexpected method {other}"),
+            };
+            let response = request.bearer_auth("not-a-token").send().unwrap();
+            let status = response.status().as_u16();
+            let body = response.text().unwrap();
+            assert!(
+                !body.contains("no such endpoint"),
+                "{method} {path} is documented but not served ({status})"
+            );
+        }
+    }
+    let (status, body) = daemon.get("/v1/nothing-here", Some(DEPLOYER));
+    assert_eq!(status, 404);
+    assert!(body.to_string().contains("no such endpoint"), "{body}");
+}
+
+#[test]
+fn a_new_release_is_noticed_and_a_newer_request_replaces_a_waiting_one() {
+    let ladder = Ladder::new("replace", &[]);
+    ladder.policy("dev", "environment = \"dev\"\n[approvals]\nrequired = 1\n");
+    let toml = ladder.project.path().join("sluice.toml");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace("watch_interval = \"0s\"", "watch_interval = \"200ms\"");
+    std::fs::write(&toml, text).unwrap();
+    let daemon = Daemon::start(&ladder.project, &[]);
+    let (_, releases) = daemon.get("/v1/releases", Some(DEPLOYER));
+    let first = releases["head"].as_str().unwrap().to_string();
+    let (status, created) = daemon.post("/v1/promotions", Some(DEPLOYER), r#"{"to": "dev"}"#);
+    assert_eq!(status, 202, "{created}");
+    let old_run = created[0]["id"].as_str().unwrap().to_string();
+    daemon.wait_run(&old_run, DEPLOYER, Duration::from_secs(30), |r| {
+        state_of(r) == "gated"
+    });
+
+    // A fourth migration lands; the watcher records the new head.
+    ladder
+        .project
+        .add_migration("20240104000000_more", "CREATE TABLE more (id int);\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        let (_, releases) = daemon.get("/v1/releases", Some(DEPLOYER));
+        let head = releases["head"].as_str().unwrap().to_string();
+        if head != first {
+            assert_eq!(
+                releases["releases"].as_array().unwrap().len(),
+                2,
+                "{releases}"
+            );
+            break head;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new head was never noticed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (_, events) = daemon.get("/v1/events", Some(DEPLOYER));
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "release.recorded" && e["detail"]["source"] == "watch"),
+        "{events}"
+    );
+    // POST /v1/releases finds nothing newer now.
+    let (status, scan) = daemon.post("/v1/releases", Some(DEPLOYER), "");
+    assert_eq!(
+        (status, scan["new"].clone()),
+        (200, Value::Bool(false)),
+        "{scan}"
+    );
+
+    let (status, created) = daemon.post(
+        "/v1/promotions",
+        Some(DEPLOYER),
+        r#"{"to": "dev", "reason": "newer"}"#,
+    );
+    assert_eq!(status, 202, "{created}");
+    assert_eq!(created[0]["release"], second.as_str());
+    let (_, old) = daemon.get(&format!("/v1/runs/{old_run}"), Some(DEPLOYER));
+    assert_eq!(state_of(&old), "cancelled", "{old}");
+    assert!(
+        old["state"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("replaced by run"),
+        "{old}"
+    );
+    let (_, runs) = daemon.get("/v1/runs?environment=dev", Some(DEPLOYER));
+    let waiting: Vec<_> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| state_of(r) == "gated" || state_of(r) == "queued")
+        .collect();
+    assert_eq!(waiting.len(), 1, "{runs}");
+    assert!(
+        ladder
+            .db("dev")
+            .psql_try("SELECT 1 FROM _prisma_migrations")
+            .is_err(),
+        "nothing ran"
+    );
+}
