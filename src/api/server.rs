@@ -403,24 +403,36 @@ fn query_error(rejection: QueryRejection) -> ApiError {
     )
 }
 
+/// The query of a listing: one environment or all the caller may view, and how many.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RunsQuery {
+struct ListQuery {
     environment: Option<String>,
     limit: Option<usize>,
 }
 
-async fn list_runs(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    query: Result<Query<RunsQuery>, QueryRejection>,
-) -> ApiResult<Vec<RunView>> {
-    let caller = state.authenticate(&headers)?;
+/// Authenticates a listing request, then checks its query and the caller's view of the
+/// environment it names.
+fn listing(
+    state: &ApiState,
+    headers: &HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<(Caller, ListQuery), ApiError> {
+    let caller = state.authenticate(headers)?;
     let Query(query) = query.map_err(query_error)?;
     if let Some(env) = &query.environment {
         state.engine.loaded().environment(env)?;
         caller.require(env, Role::Viewer)?;
     }
+    Ok((caller, query))
+}
+
+async fn list_runs(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Vec<RunView>> {
+    let (caller, query) = listing(&state, &headers, query)?;
     let mut runs: Vec<Run> = state
         .engine
         .store()
@@ -458,16 +470,29 @@ async fn get_run(
     Ok(Json(RunView::of(run, Some(events))))
 }
 
+/// Authenticates a decision on run `id`, checks the caller's role on its environment, then
+/// parses the body: in this order, so a refused caller learns nothing about the body.
+fn decision<B: DeserializeOwned>(
+    state: &ApiState,
+    headers: &HeaderMap,
+    id: &str,
+    needed: Role,
+    bytes: &Bytes,
+) -> Result<(Caller, B), ApiError> {
+    let caller = state.authenticate(headers)?;
+    let run = visible_run(state, &caller, id)?;
+    caller.require(&run.environment, needed)?;
+    Ok((caller, body(bytes)?))
+}
+
 async fn approve(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> ApiResult<RunView> {
-    let caller = state.authenticate(&headers)?;
-    let run = visible_run(&state, &caller, &id)?;
-    caller.require(&run.environment, Role::Approver)?;
-    let request: CommentBody = body(&bytes)?;
+    let (caller, request): (_, CommentBody) =
+        decision(&state, &headers, &id, Role::Approver, &bytes)?;
     let run = state
         .engine
         .approve(&id, &caller.name, request.comment)
@@ -481,10 +506,8 @@ async fn reject(
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> ApiResult<RunView> {
-    let caller = state.authenticate(&headers)?;
-    let run = visible_run(&state, &caller, &id)?;
-    caller.require(&run.environment, Role::Approver)?;
-    let request: ReasonBody = body(&bytes)?;
+    let (caller, request): (_, ReasonBody) =
+        decision(&state, &headers, &id, Role::Approver, &bytes)?;
     let reason = required_reason(request.reason, "reject a run")?;
     let run = state.engine.reject(&id, &caller.name, &reason).await?;
     Ok(Json(RunView::of(run, None)))
@@ -496,10 +519,8 @@ async fn cancel(
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> ApiResult<RunView> {
-    let caller = state.authenticate(&headers)?;
-    let run = visible_run(&state, &caller, &id)?;
-    caller.require(&run.environment, Role::Deployer)?;
-    let request: ReasonBody = body(&bytes)?;
+    let (caller, request): (_, ReasonBody) =
+        decision(&state, &headers, &id, Role::Deployer, &bytes)?;
     let reason = request.reason.unwrap_or_else(|| "no reason given".into());
     let run = state.engine.cancel(&id, &caller.name, &reason).await?;
     Ok(Json(RunView::of(run, None)))
@@ -515,10 +536,7 @@ async fn resume(
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> ApiResult<RunView> {
-    let caller = state.authenticate(&headers)?;
-    let run = visible_run(&state, &caller, &id)?;
-    caller.require(&run.environment, Role::Deployer)?;
-    let _: EmptyBody = body(&bytes)?;
+    let (caller, _): (_, EmptyBody) = decision(&state, &headers, &id, Role::Deployer, &bytes)?;
     let run = state.engine.resume(&id, &caller.name).await?;
     Ok(Json(RunView::of(run, None)))
 }
@@ -566,24 +584,12 @@ async fn promote(
     ))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventsQuery {
-    environment: Option<String>,
-    limit: Option<usize>,
-}
-
 async fn list_events(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    query: Result<Query<EventsQuery>, QueryRejection>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Vec<Event>> {
-    let caller = state.authenticate(&headers)?;
-    let Query(query) = query.map_err(query_error)?;
-    if let Some(env) = &query.environment {
-        state.engine.loaded().environment(env)?;
-        caller.require(env, Role::Viewer)?;
-    }
+    let (caller, query) = listing(&state, &headers, query)?;
     let mut events: Vec<Event> = state
         .engine
         .store()
