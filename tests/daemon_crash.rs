@@ -61,7 +61,7 @@ fn setup(prefix: &str, failing_health: bool, gated: bool) -> Setup {
     if gated {
         let now = Utc::now();
         policy.push_str(&format!(
-            "[[windows]]\nkind = \"deny\"\ncron = \"{} {} {} * * *\"\nduration = \"6s\"\n",
+            "[[windows]]\nkind = \"deny\"\ncron = \"{} {} {} * * *\"\nduration = \"15s\"\n",
             now.second(),
             now.minute(),
             now.hour()
