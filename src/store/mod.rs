@@ -573,6 +573,24 @@ impl Store for SledStore {
 mod tests {
     use super::*;
 
+    /// Opens the store again after this process closed it: sled's background flusher may hold
+    /// the file lock a moment after the last handle is dropped, which `OnDemandStore` waits out
+    /// the same way.
+    fn reopen(dir: &Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(dir) {
+                Ok(store) => return store,
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("in use") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn events_append_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -601,7 +619,7 @@ mod tests {
                 )
                 .unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         let actions: Vec<_> = store
             .events(Some("dev"))
             .unwrap()
@@ -650,7 +668,7 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.format_version().unwrap(), FORMAT_VERSION);
         let actions: Vec<_> = store
             .run_events("r1")
@@ -679,7 +697,14 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let err = SledStore::open(dir.path()).err().unwrap().to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let err = loop {
+            let err = SledStore::open(dir.path()).err().unwrap().to_string();
+            if !err.contains("in use") || std::time::Instant::now() > deadline {
+                break err;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
         assert!(err.contains("format 99, newer than this sluice"), "{err}");
     }
 
