@@ -208,6 +208,13 @@ impl Engine {
         }
     }
 
+    fn set_loaded(&self, loaded: Loaded) {
+        match self.loaded.write() {
+            Ok(mut guard) => *guard = Arc::new(loaded),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(loaded),
+        }
+    }
+
     /// The store.
     pub fn store(&self) -> &dyn Store {
         self.store.as_ref()
@@ -249,10 +256,7 @@ impl Engine {
         let _decisions = self.decisions.lock().await;
         self.record_loaded(&loaded, actor)?;
         let release = loaded.release.clone();
-        match self.loaded.write() {
-            Ok(mut guard) => *guard = Arc::new(loaded),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(loaded),
-        }
+        self.set_loaded(loaded);
         self.event(
             actor,
             "config.reloaded",
@@ -279,10 +283,7 @@ impl Engine {
         let mut updated = (*loaded).clone();
         updated.set = Arc::new(set);
         updated.release = release.clone();
-        match self.loaded.write() {
-            Ok(mut guard) => *guard = Arc::new(updated),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(updated),
-        }
+        self.set_loaded(updated);
         Ok((release, fresh))
     }
 
@@ -433,9 +434,7 @@ impl Engine {
 
     fn check_promotable(&self, runs: &[Run], env: &str, release: &Release) -> Result<()> {
         let state = self.store.environment_state(env)?;
-        let holder = runs
-            .iter()
-            .find(|r| r.environment == env && r.state.holds_environment());
+        let holder = holder_of(runs, env);
         if state.release.as_deref() == Some(release.hash.as_str()) && holder.is_none() {
             return Err(Error::Conflict(format!(
                 "`{env}` is already on release {}",
@@ -672,10 +671,7 @@ impl Engine {
         loaded.environment(env)?;
         let _decisions = self.decisions.lock().await;
         let runs = self.store.runs()?;
-        if let Some(holder) = runs
-            .iter()
-            .find(|r| r.environment == env && r.state.holds_environment())
-        {
+        if let Some(holder) = holder_of(&runs, env) {
             return Err(Error::Conflict(format!(
                 "run {} is {} on `{env}`; cancel or finish it first",
                 holder.id,
@@ -753,9 +749,7 @@ impl Engine {
         let runs = self.store.runs()?;
         let now = Utc::now();
         for env in loaded.environments.keys() {
-            let holder = runs
-                .iter()
-                .find(|r| &r.environment == env && r.state.holds_environment());
+            let holder = holder_of(&runs, env);
             let waiting: Vec<&Run> = runs
                 .iter()
                 .filter(|r| &r.environment == env && r.state.is_waiting())
@@ -967,6 +961,12 @@ impl Engine {
     pub fn environments_dir(&self) -> PathBuf {
         self.root.join(ENVIRONMENTS_DIR)
     }
+}
+
+/// The run that holds `environment` (from `locked` until it ends, `halted` included), if any.
+pub fn holder_of<'a>(runs: &'a [Run], environment: &str) -> Option<&'a Run> {
+    runs.iter()
+        .find(|r| r.environment == environment && r.state.holds_environment())
 }
 
 /// The gate kinds of a list of closed gates (`soak`, `approval`, …): a change of kind is a

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::store::{Event, Run, RunKind};
 
-use super::engine::Engine;
+use super::engine::{holder_of, Engine};
 
 /// A run in a listing: enough to see where it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,10 +71,7 @@ pub fn environment_views(engine: &Engine) -> Result<Vec<EnvironmentView>> {
         let state = engine.store().environment_state(&name)?;
         let policy = loaded.policies.for_env(&name);
         views.push(EnvironmentView {
-            active_run: runs
-                .iter()
-                .find(|r| r.environment == name && r.state.holds_environment())
-                .map(RunSummary::of),
+            active_run: holder_of(&runs, &name).map(RunSummary::of),
             waiting_runs: runs
                 .iter()
                 .filter(|r| r.environment == name && r.state.is_waiting())
