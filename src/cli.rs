@@ -104,6 +104,22 @@ pub enum Command {
     /// Make API tokens for the daemon's tokens file.
     #[command(subcommand)]
     Token(ladder::TokenCommand),
+    /// Show each policy's schedule and its next firings in its time zone.
+    Schedules(SchedulesArgs),
+}
+
+/// `sluice schedules`.
+#[derive(Debug, Args)]
+pub struct SchedulesArgs {
+    /// How many firings to show per schedule.
+    #[arg(long, default_value_t = 5)]
+    pub count: usize,
+    /// Show firings after this instant (RFC 3339, e.g. 2026-03-28T12:00:00Z) instead of now.
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `sluice check`.
@@ -309,6 +325,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Snapshots(args) => snapshots_cmd(&project, args).await,
         Command::Check(args) => check_cmd(&project, args).await,
         Command::Serve(args) => ladder::serve(&project, args).await,
+        Command::Schedules(args) => schedules_cmd(&project, args),
         Command::Promote(args) => ladder::promote(&project, args).await,
         Command::Environments(args) => ladder::environments(&project, args).await,
         Command::Runs(args) => ladder::runs(&project, args).await,
@@ -856,4 +873,56 @@ async fn check_cmd(project: &Project, args: CheckArgs) -> Result<u8> {
     } else {
         1
     })
+}
+
+fn schedules_cmd(project: &Project, args: SchedulesArgs) -> Result<u8> {
+    let after = match &args.after {
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map(|d| d.with_timezone(&chrono::Utc))
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "--after `{text}` is not an RFC 3339 instant such as 2026-03-28T12:00:00Z ({e})"
+                ))
+            })?,
+        None => chrono::Utc::now(),
+    };
+    let policies = crate::policy::Policies::load(
+        &project.root.join(crate::policy::POLICIES_DIR),
+        &project.environment_names()?,
+    )?;
+    let views = crate::schedule::upcoming(&policies, after, args.count);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&views).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    if views.is_empty() {
+        println!("no policy has a schedule (add `schedule = \"0 10 * * Mon-Fri\"` to a file in policies/)");
+        return Ok(0);
+    }
+    for view in views {
+        let rule = &view.rule;
+        println!(
+            "{}: `{}` in {} (misfire = \"{}\", starting_deadline = {}, on_closed_window = \"{}\")",
+            view.environment,
+            rule.cron.expression,
+            rule.cron.timezone.name(),
+            rule.misfire.as_str(),
+            crate::policy::format_duration(rule.starting_deadline),
+            match rule.on_closed_window {
+                crate::policy::ClosedWindowRule::Wait => "wait",
+                crate::policy::ClosedWindowRule::Drop => "drop",
+            }
+        );
+        for at in &view.next {
+            println!(
+                "  {}  ({})",
+                at.format("%a %Y-%m-%d %H:%M %Z (%:z)"),
+                at.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M UTC")
+            );
+        }
+    }
+    Ok(0)
 }

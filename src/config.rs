@@ -12,6 +12,10 @@ use toml::Spanned;
 
 use crate::error::{Error, Result};
 
+pub mod chatops;
+
+pub use chatops::ChatOpsConfig;
+
 /// Name of the project file at the project's root.
 pub const PROJECT_FILE: &str = "sluice.toml";
 /// Folder, beside `sluice.toml`, holding one file per environment.
@@ -28,6 +32,8 @@ pub struct Project {
     pub state_dir: PathBuf,
     /// How `sluice serve` listens and whom it lets in.
     pub daemon: DaemonConfig,
+    /// Slack, notifications and the inbound release hook.
+    pub chatops: ChatOpsConfig,
 }
 
 /// The `[daemon]` section of `sluice.toml`.
@@ -63,6 +69,10 @@ struct RawProject {
     migrations: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
     daemon: Option<RawDaemon>,
+    slack: Option<Spanned<chatops::RawSlack>>,
+    #[serde(default)]
+    notify: Vec<chatops::RawNotify>,
+    hooks: Option<Spanned<chatops::RawHooks>>,
 }
 
 #[derive(Deserialize)]
@@ -388,11 +398,13 @@ impl Project {
             let p = v.map(|s| s.into_inner()).unwrap_or_else(|| default.into());
             root.join(p)
         };
+        let chatops = chatops::parse(&ctx, root, raw.slack, raw.notify, raw.hooks)?;
         Ok(Project {
             root: root.to_path_buf(),
             migrations_dir: resolve(raw.migrations, "migrations"),
             state_dir: resolve(raw.state_dir, ".sluice"),
             daemon,
+            chatops,
         })
     }
 

@@ -84,6 +84,7 @@ pub async fn serve(root: &Path, options: ServeOptions) -> Result<()> {
     tracing::info!(address = %bound, release = %engine.loaded().release.short(), "sluice serving");
     eprintln!("sluice serving on http://{bound}");
 
+    let chatops = crate::chatops::ChatOps::start(engine.clone(), &project, None)?;
     let recovered = engine.recover().await?;
     if !recovered.is_empty() {
         tracing::warn!(runs = recovered.len(), "resumed unfinished runs");
@@ -95,13 +96,26 @@ pub async fn serve(root: &Path, options: ServeOptions) -> Result<()> {
             project.daemon.watch_interval,
         ))
     });
+    let scheduler = tokio::spawn(
+        crate::schedule::Scheduler::new(
+            engine.clone(),
+            Arc::new(crate::schedule::timing::SystemClock),
+        )
+        .run(),
+    );
     let state = Arc::new(ApiState::new(engine.clone(), tokens, tokens_path));
-    let served = axum::serve(listener, router(state))
+    let app = router(state).merge(crate::api::slack::routes(chatops.clone()));
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
     tracing::info!("shutting down: runs finish or park their current step");
     engine.shutdown().await;
     let _ = ticker.await;
+    let _ = scheduler.await;
+    chatops
+        .notifier
+        .shutdown(std::time::Duration::from_secs(5))
+        .await;
     if let Some(watcher) = watcher {
         watcher.abort();
     }

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod chatops;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -11,8 +12,10 @@ pub mod daemon;
 pub mod error;
 pub mod health;
 pub mod migrations;
+pub mod notify;
 pub mod policy;
 pub mod promote;
+pub mod schedule;
 pub mod snapshot;
 pub mod store;
 pub mod target;

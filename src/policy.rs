@@ -23,6 +23,7 @@ use toml::Spanned;
 
 use crate::config::{parse_duration, FileContext};
 use crate::error::{Error, Result};
+use crate::schedule::timing::{CronSchedule, Misfire};
 
 /// Folder, beside `sluice.toml`, holding the policy files (`*.toml`, one per environment).
 pub const POLICIES_DIR: &str = "policies";
@@ -76,8 +77,55 @@ pub struct Policy {
     pub concurrency: PendingRule,
     /// How a failed or inconclusive run is undone.
     pub rollback: RollbackPolicy,
+    /// When promotions here are requested by the clock (`schedule = "<cron>"`).
+    pub schedule: Option<ScheduleRule>,
     /// The file the policy was read from; `None` for a default policy.
     pub source: Option<PathBuf>,
+}
+
+/// A cron schedule that requests a promotion at each firing, so a team can promote on a rhythm
+/// ("staging to prod every weekday at 10:00"). A firing only *requests*: every gate of the
+/// policy still applies.
+#[derive(Debug, Clone)]
+pub struct ScheduleRule {
+    /// The cron line and its time zone.
+    pub cron: CronSchedule,
+    /// What a slot the daemon missed (it was down) does: nothing, or run once on start.
+    pub misfire: Misfire,
+    /// How late after its slot a firing still counts as on time; later ones are misfires.
+    pub starting_deadline: Duration,
+    /// What a firing does while a window denies deploys: wait as a gated run, or be dropped.
+    pub on_closed_window: ClosedWindowRule,
+}
+
+/// What a scheduled firing does when a deploy window is closed at its slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClosedWindowRule {
+    /// Request the promotion anyway; the run waits, gated, until the window opens.
+    #[default]
+    Wait,
+    /// Do not request it; the event log says the slot was dropped and why.
+    Drop,
+}
+
+/// How late a firing may start and still count as on time, unless the policy says otherwise.
+pub const DEFAULT_STARTING_DEADLINE: Duration = Duration::from_secs(300);
+
+impl Serialize for ScheduleRule {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = serializer.serialize_struct("ScheduleRule", 5)?;
+        out.serialize_field("cron", &self.cron.expression)?;
+        out.serialize_field("timezone", self.cron.timezone.name())?;
+        out.serialize_field("misfire", self.misfire.as_str())?;
+        out.serialize_field(
+            "starting_deadline",
+            &format_duration(self.starting_deadline),
+        )?;
+        out.serialize_field("on_closed_window", &self.on_closed_window)?;
+        out.end()
+    }
 }
 
 /// Who must approve a promotion before it runs. Self-approval (the requester approving their
@@ -610,6 +658,11 @@ struct RawPolicy {
     windows: Option<Vec<RawWindow>>,
     concurrency: Option<RawConcurrency>,
     rollback: Option<RawRollback>,
+    schedule: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    misfire: Option<Spanned<String>>,
+    starting_deadline: Option<Spanned<String>>,
+    on_closed_window: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -765,6 +818,7 @@ fn parse_policy(path: &Path, text: &str, environments: &[String]) -> Result<(Pol
         }
         _ => ctx.duration("soak", &raw.soak)?.unwrap_or(Duration::ZERO),
     };
+    let schedule = parse_schedule(&ctx, &raw)?;
     let approvals = match raw.approvals {
         Some(raw) => parse_approvals(&ctx, raw)?,
         None => ApprovalRule::default(),
@@ -803,9 +857,85 @@ fn parse_policy(path: &Path, text: &str, environments: &[String]) -> Result<(Pol
         windows,
         concurrency,
         rollback,
+        schedule,
         source: Some(path.to_path_buf()),
     };
     Ok((policy, lines))
+}
+
+fn parse_timezone(ctx: &FileContext<'_>, key: &str, value: &Spanned<String>) -> Result<Tz> {
+    Tz::from_str(value.get_ref().trim()).map_err(|_| {
+        ctx.at(
+            key,
+            value,
+            format!(
+                "`{}` is not a known time zone; use an IANA name such as \"Europe/Berlin\", \"America/New_York\" or \"UTC\"",
+                value.get_ref()
+            ),
+        )
+    })
+}
+
+/// The top-level `schedule` and the keys that only make sense with it.
+fn parse_schedule(ctx: &FileContext<'_>, raw: &RawPolicy) -> Result<Option<ScheduleRule>> {
+    let Some(cron_value) = &raw.schedule else {
+        let stray = [
+            ("timezone", &raw.timezone),
+            ("misfire", &raw.misfire),
+            ("starting_deadline", &raw.starting_deadline),
+            ("on_closed_window", &raw.on_closed_window),
+        ];
+        if let Some((key, Some(value))) = stray.into_iter().find(|(_, v)| v.is_some()) {
+            return Err(ctx.at(
+                key,
+                value,
+                "needs `schedule`: it says how scheduled promotions behave (windows take their own `timezone` inside `[[windows]]`)",
+            ));
+        }
+        return Ok(None);
+    };
+    let timezone = match &raw.timezone {
+        Some(value) => parse_timezone(ctx, "timezone", value)?,
+        None => Tz::UTC,
+    };
+    let cron = CronSchedule::new(cron_value.get_ref().trim(), timezone)
+        .map_err(|message| ctx.at("schedule", cron_value, message))?;
+    let misfire = match &raw.misfire {
+        Some(value) => {
+            Misfire::parse(value.get_ref().trim()).map_err(|m| ctx.at("misfire", value, m))?
+        }
+        None => Misfire::Skip,
+    };
+    let starting_deadline = ctx
+        .duration("starting_deadline", &raw.starting_deadline)?
+        .unwrap_or(DEFAULT_STARTING_DEADLINE);
+    if let (true, Some(value)) = (starting_deadline.is_zero(), &raw.starting_deadline) {
+        return Err(ctx.at(
+            "starting_deadline",
+            value,
+            "must be more than 0s: a firing is seen a tick after its slot at the earliest",
+        ));
+    }
+    let on_closed_window = match &raw.on_closed_window {
+        Some(value) => match value.get_ref().trim() {
+            "wait" => ClosedWindowRule::Wait,
+            "drop" => ClosedWindowRule::Drop,
+            other => {
+                return Err(ctx.at(
+                    "on_closed_window",
+                    value,
+                    format!("`{other}` is not a rule; expected \"wait\" or \"drop\""),
+                ))
+            }
+        },
+        None => ClosedWindowRule::default(),
+    };
+    Ok(Some(ScheduleRule {
+        cron,
+        misfire,
+        starting_deadline,
+        on_closed_window,
+    }))
 }
 
 fn parse_approvals(ctx: &FileContext<'_>, raw: RawApprovals) -> Result<ApprovalRule> {
@@ -938,16 +1068,7 @@ fn parse_window(ctx: &FileContext<'_>, index: usize, raw: &RawWindow) -> Result<
         return Err(ctx.at(&key("duration"), duration_value, "is too long"));
     }
     let timezone = match &raw.timezone {
-        Some(value) => Tz::from_str(value.get_ref().trim()).map_err(|_| {
-            ctx.at(
-                &key("timezone"),
-                value,
-                format!(
-                    "`{}` is not a known time zone; use an IANA name such as \"Europe/Berlin\", \"America/New_York\" or \"UTC\"",
-                    value.get_ref()
-                ),
-            )
-        })?,
+        Some(value) => parse_timezone(ctx, &key("timezone"), value)?,
         None => Tz::UTC,
     };
     Ok(Window {
@@ -1073,6 +1194,7 @@ impl Policy {
             windows: Vec::new(),
             concurrency: PendingRule::default(),
             rollback: RollbackPolicy::default(),
+            schedule: None,
             source: None,
         }
     }

@@ -5,3 +5,4 @@ pub mod auth;
 pub mod metrics;
 pub mod openapi;
 pub mod server;
+pub mod slack;

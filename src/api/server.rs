@@ -89,7 +89,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    /// An error with its status, a stable code and a message for people.
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -335,7 +340,7 @@ async fn rollback(
     let reason = required_reason(request.reason, "roll back")?;
     let run = state
         .engine
-        .request_rollback(&env, &caller.name, &reason)
+        .request_rollback(&env, &caller.name, &reason, None)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(RunView::of(run, None))))
 }
@@ -576,6 +581,7 @@ async fn promote(
             ladder: request.ladder,
             actor: caller.name.clone(),
             reason: request.reason,
+            origin: None,
         })
         .await?;
     Ok((

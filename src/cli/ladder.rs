@@ -302,6 +302,7 @@ async fn promote_with(backend: &Backend, args: &PromoteArgs) -> Result<u8> {
                 ladder,
                 actor: actor(&args.connection),
                 reason: args.reason.clone(),
+                origin: None,
             })
             .await
             .map(|runs| {
@@ -729,7 +730,7 @@ pub async fn rollback(project: &Project, args: RollbackArgs) -> Result<u8> {
         let view = match &backend {
             Backend::Local(engine) => RunView::of(
                 engine
-                    .request_rollback(&args.env, &actor(&args.connection), &args.reason)
+                    .request_rollback(&args.env, &actor(&args.connection), &args.reason, None)
                     .await?,
                 None,
             ),

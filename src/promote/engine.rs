@@ -18,7 +18,8 @@ use crate::migrations::{discover, MigrationSet};
 use crate::policy::{Policies, POLICIES_DIR};
 use crate::store::records::short_hash;
 use crate::store::{
-    Approval, Event, LoadedConfig, LoadedFile, Release, Run, RunKind, RunState, Store, Transition,
+    Approval, Event, LoadedConfig, LoadedFile, Origin, Release, Run, RunKind, RunState, Store,
+    Transition,
 };
 
 use super::gates::{closed_gates, GateInput};
@@ -150,6 +151,25 @@ pub struct PromotionRequest {
     pub actor: String,
     /// Why.
     pub reason: Option<String>,
+    /// What asked, when not a person at the API or CLI.
+    pub origin: Option<Origin>,
+}
+
+/// What [`Engine::plan`] found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlanView {
+    /// The environment.
+    pub environment: String,
+    /// The release a promotion would bring.
+    pub release: String,
+    /// Its head migration.
+    pub head: Option<String>,
+    /// The release the environment is on, as sluice recorded it.
+    pub current_release: Option<String>,
+    /// The migrations that would run, in order, with how each would be applied.
+    pub migrations: Vec<crate::apply::Planned>,
+    /// The gates that would hold a promotion requested now, one sentence each.
+    pub gates: Vec<String>,
 }
 
 /// Counters for `/metrics`.
@@ -163,8 +183,17 @@ pub struct Counters {
     pub ticks: AtomicU64,
 }
 
+/// Something that wants to hear of every run transition without slowing the run: the
+/// notifier, the Slack progress reporter. Called synchronously right after the transition is
+/// stored, so an implementation must only enqueue and return.
+pub trait RunListener: Send + Sync {
+    /// The run as it is now stored.
+    fn run_changed(&self, run: &Run);
+}
+
 /// The engine. Shared between the HTTP server, the ticker and the drivers.
 pub struct Engine {
+    listeners: RwLock<Vec<Arc<dyn RunListener>>>,
     root: PathBuf,
     pub(crate) store: Arc<dyn Store>,
     loaded: RwLock<Arc<Loaded>>,
@@ -185,6 +214,7 @@ impl Engine {
         let loaded = Loaded::load(root, "start")?;
         let (stop_signal, _) = tokio::sync::watch::channel(false);
         let engine = Arc::new(Engine {
+            listeners: RwLock::new(Vec::new()),
             root: root.to_path_buf(),
             store,
             loaded: RwLock::new(Arc::new(loaded.clone())),
@@ -212,6 +242,24 @@ impl Engine {
         match self.loaded.write() {
             Ok(mut guard) => *guard = Arc::new(loaded),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(loaded),
+        }
+    }
+
+    /// Adds a listener told of every transition from now on.
+    pub fn add_listener(&self, listener: Arc<dyn RunListener>) {
+        match self.listeners.write() {
+            Ok(mut guard) => guard.push(listener),
+            Err(poisoned) => poisoned.into_inner().push(listener),
+        }
+    }
+
+    fn tell_listeners(&self, run: &Run) {
+        let listeners = match self.listeners.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        for listener in listeners {
+            listener.run_changed(run);
         }
     }
 
@@ -334,6 +382,7 @@ impl Engine {
             }
         }
         tracing::info!(run = %run.id, environment = %run.environment, state = %state.describe(), "run state");
+        self.tell_listeners(run);
         crate::testhook::pause(&format!("run-state:{}", state.name()));
         if let RunState::Applying { index, .. } = state {
             crate::testhook::pause(&format!("run-state:applying:{index}"));
@@ -501,6 +550,7 @@ impl Engine {
             health: None,
             error: None,
             rolls_back: None,
+            origin: request.origin.clone(),
         };
         if matches!(policy.concurrency, crate::policy::PendingRule::Replace) {
             for older in runs
@@ -575,6 +625,7 @@ impl Engine {
             comment.as_deref(),
             json!({"approvals": run.approvals.len()}),
         )?;
+        self.tell_listeners(&run);
         self.wake.notify_one();
         Ok(run)
     }
@@ -666,6 +717,7 @@ impl Engine {
         env: &str,
         actor: &str,
         reason: &str,
+        request_origin: Option<Origin>,
     ) -> Result<Run> {
         let loaded = self.loaded();
         loaded.environment(env)?;
@@ -711,6 +763,7 @@ impl Engine {
             health: None,
             error: None,
             rolls_back: Some(last.id.clone()),
+            origin: request_origin,
         };
         self.counters.runs_requested.fetch_add(1, Ordering::Relaxed);
         self.event(
@@ -735,6 +788,93 @@ impl Engine {
         )?;
         self.spawn_driver(&run);
         Ok(run)
+    }
+
+    /// What a promotion of `env` would do now, without changing anything: the release it would
+    /// bring (the upstream environment's, else the newest), the migrations the target's history
+    /// says would run and how, and the gates that would hold it. For `plan` in chat-ops.
+    pub async fn plan(&self, env: &str, release: Option<&str>, actor: &str) -> Result<PlanView> {
+        let loaded = self.loaded();
+        let environment = loaded.environment(env)?.clone();
+        let policy = loaded.policies.for_env(env);
+        let release = match (release, &policy.from) {
+            (Some(wanted), _) => self.resolve_release(Some(wanted))?,
+            (None, Some(from)) => match self.store.environment_state(from)?.release {
+                Some(hash) => self.resolve_release(Some(&hash))?,
+                None => self.resolve_release(None)?,
+            },
+            (None, None) => self.resolve_release(None)?,
+        };
+        let mut target = crate::target::connect(&environment).await?;
+        let planned = async {
+            let ctx = crate::apply::Context::new(&environment, &loaded.set, target.as_ref())?;
+            let options = crate::apply::ApplyOptions {
+                to: release.head.clone(),
+                dry_run: true,
+                ..crate::apply::ApplyOptions::default()
+            };
+            crate::apply::apply(target.as_mut(), &ctx, &options, &crate::apply::Silent).await
+        }
+        .await;
+        let _ = target.close().await;
+        let planned = planned?;
+        let runs = self.store.runs()?;
+        let now = Utc::now();
+        let probe = Run {
+            id: "(plan)".into(),
+            kind: RunKind::Promotion,
+            environment: env.into(),
+            release: release.hash.clone(),
+            head: release.head.clone(),
+            previous_release: None,
+            requested_by: actor.into(),
+            reason: None,
+            created_at: now,
+            updated_at: now,
+            state: RunState::Queued,
+            transitions: Vec::new(),
+            plan: Vec::new(),
+            applied: Vec::new(),
+            snapshot: None,
+            approvals: Vec::new(),
+            measurements: Vec::new(),
+            health: None,
+            error: None,
+            rolls_back: None,
+            origin: None,
+        };
+        let upstream_state;
+        let upstream_release;
+        let upstream = match &policy.from {
+            Some(from) => {
+                upstream_state = self.store.environment_state(from)?;
+                upstream_release = match &upstream_state.release {
+                    Some(h) => self.store.release(h)?,
+                    None => None,
+                };
+                Some((&upstream_state, upstream_release.as_ref()))
+            }
+            None => None,
+        };
+        let gates = closed_gates(&GateInput {
+            policy: &policy,
+            run: &probe,
+            release: &release,
+            upstream,
+            ahead: holder_of(&runs, env),
+            now,
+        })
+        .into_iter()
+        .map(|g| g.replace("sluice approve (plan)", "sluice approve <run>"))
+        .collect();
+        Ok(PlanView {
+            environment: env.into(),
+            release: release.hash.clone(),
+            head: release.head.clone(),
+            current_release: self.store.environment_state(env)?.release,
+            migrations: planned.plan,
+            gates,
+        })
     }
 
     /// Looks at every waiting run once: updates what it waits for, and starts the first run of
@@ -880,6 +1020,10 @@ impl Engine {
                     run.environment,
                     short_hash(&run.release)
                 )),
+                origin: run
+                    .origin
+                    .clone()
+                    .filter(|o| matches!(o, Origin::Slack { .. })),
             };
             match self.request_promotion(&request).await {
                 Ok(_) => {}

@@ -161,6 +161,7 @@ mod tests {
             health: None,
             error: None,
             rolls_back: None,
+            origin: None,
         }
     }
 

@@ -13,13 +13,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 pub use records::{
-    Approval, EnvironmentState, LoadedConfig, LoadedFile, RecordedMeasurement, Release,
+    Approval, EnvironmentState, LoadedConfig, LoadedFile, Origin, RecordedMeasurement, Release,
     ReleaseMigration, ReleaseOnEnvironment, Run, RunKind, RunState, Transition,
 };
 
 /// The on-disk format this build reads and writes. 1: events, snapshots, last successes.
 /// 2: events carry their run id and are indexed by it; releases, runs, environment states and
-/// the loaded configuration.
+/// the loaded configuration. (The `marks` tree came later within format 2: an older store simply
+/// gains it empty.)
 pub const FORMAT_VERSION: u32 = 2;
 
 /// One entry of the audit log.
@@ -112,6 +113,18 @@ pub trait Store: Send + Sync {
     fn put_loaded_config(&self, config: &LoadedConfig) -> Result<()>;
     /// The configuration as last loaded.
     fn loaded_config(&self) -> Result<Option<LoadedConfig>>;
+    /// Writes a mark only if none exists under `key`, flushed; false when one did. Marks are
+    /// the small once-only records of schedules (fired slots), chat-ops (seen request
+    /// signatures, posted messages) and the like, so "at most once" survives a restart.
+    fn insert_mark(&self, key: &str, value: &serde_json::Value) -> Result<bool>;
+    /// Writes (or overwrites) a mark, flushed.
+    fn put_mark(&self, key: &str, value: &serde_json::Value) -> Result<()>;
+    /// One mark.
+    fn mark(&self, key: &str) -> Result<Option<serde_json::Value>>;
+    /// Every mark whose key starts with `prefix`, in key order.
+    fn marks(&self, prefix: &str) -> Result<Vec<(String, serde_json::Value)>>;
+    /// Forgets a mark (expired replay guards).
+    fn remove_mark(&self, key: &str) -> Result<()>;
 }
 
 /// The sled-backed store.
@@ -124,6 +137,7 @@ pub struct SledStore {
     environment_states: sled::Tree,
     runs: sled::Tree,
     releases: sled::Tree,
+    marks: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -171,6 +185,7 @@ impl SledStore {
             environment_states: open("environment_states")?,
             runs: open("runs")?,
             releases: open("releases")?,
+            marks: open("marks")?,
             meta,
             db,
         };
@@ -343,6 +358,21 @@ impl Store for OnDemandStore {
     }
     fn loaded_config(&self) -> Result<Option<LoadedConfig>> {
         self.with(|s| s.loaded_config())
+    }
+    fn insert_mark(&self, key: &str, value: &serde_json::Value) -> Result<bool> {
+        self.with(|s| s.insert_mark(key, value))
+    }
+    fn put_mark(&self, key: &str, value: &serde_json::Value) -> Result<()> {
+        self.with(|s| s.put_mark(key, value))
+    }
+    fn mark(&self, key: &str) -> Result<Option<serde_json::Value>> {
+        self.with(|s| s.mark(key))
+    }
+    fn marks(&self, prefix: &str) -> Result<Vec<(String, serde_json::Value)>> {
+        self.with(|s| s.marks(prefix))
+    }
+    fn remove_mark(&self, key: &str) -> Result<()> {
+        self.with(|s| s.remove_mark(key))
     }
 }
 
@@ -567,6 +597,50 @@ impl Store for SledStore {
             .map(|v| decode(&v))
             .transpose()
     }
+
+    fn insert_mark(&self, key: &str, value: &serde_json::Value) -> Result<bool> {
+        let fresh = self
+            .marks
+            .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(encode(value)?))
+            .map_err(|e| store_error("writing a mark", e))?
+            .is_ok();
+        if fresh {
+            self.flush()?;
+        }
+        Ok(fresh)
+    }
+
+    fn put_mark(&self, key: &str, value: &serde_json::Value) -> Result<()> {
+        self.marks
+            .insert(key.as_bytes(), encode(value)?)
+            .map_err(|e| store_error("writing a mark", e))?;
+        self.flush()
+    }
+
+    fn mark(&self, key: &str) -> Result<Option<serde_json::Value>> {
+        self.marks
+            .get(key.as_bytes())
+            .map_err(|e| store_error("reading a mark", e))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    fn marks(&self, prefix: &str) -> Result<Vec<(String, serde_json::Value)>> {
+        self.marks
+            .scan_prefix(prefix.as_bytes())
+            .map(|item| {
+                let (key, value) = item.map_err(|e| store_error("reading marks", e))?;
+                Ok((String::from_utf8_lossy(&key).into_owned(), decode(&value)?))
+            })
+            .collect()
+    }
+
+    fn remove_mark(&self, key: &str) -> Result<()> {
+        self.marks
+            .remove(key.as_bytes())
+            .map_err(|e| store_error("removing a mark", e))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -752,6 +826,7 @@ mod tests {
             health: None,
             error: None,
             rolls_back: None,
+            origin: None,
         };
         store.put_run(&run).unwrap();
         assert_eq!(store.run("r1").unwrap().unwrap(), run);

@@ -281,6 +281,35 @@ pub struct Run {
     pub error: Option<String>,
     /// For a rollback run: the run whose changes it undoes.
     pub rolls_back: Option<String>,
+    /// What asked for it besides a person at the API or CLI: a schedule slot, a Slack command,
+    /// a signed webhook. Progress goes back there; a schedule slot is never fired twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// Where a run's request came from, when not the API or the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "via", rename_all = "snake_case")]
+pub enum Origin {
+    /// A policy's `schedule` fired for this slot.
+    Schedule {
+        /// The firing's key (environment, cron line, slot), unique per slot.
+        firing: String,
+        /// The scheduled instant.
+        slot: DateTime<Utc>,
+    },
+    /// A Slack slash command; progress is posted to and edited in this channel.
+    Slack {
+        /// Channel id.
+        channel: String,
+        /// Slack user id of the requester.
+        user: String,
+    },
+    /// The signed inbound webhook `POST /hooks/release`.
+    Hook {
+        /// The caller's delivery id, if it sent one.
+        delivery: Option<String>,
+    },
 }
 
 impl Run {

@@ -21,6 +21,8 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod ladder;
+pub mod slack;
 
 use std::ffi::OsStr;
 use std::io::Read;
