@@ -579,3 +579,46 @@ fn a_new_release_is_noticed_and_a_newer_request_replaces_a_waiting_one() {
         "nothing ran"
     );
 }
+
+#[test]
+fn a_schedule_in_the_daemon_promotes_once_and_then_finds_nothing_to_do() {
+    let ladder = Ladder::new("scheduled", &[]);
+    ladder.policy(
+        "dev",
+        "environment = \"dev\"\nschedule = \"*/2 * * * * *\"\n",
+    );
+    let daemon = Daemon::start(&ladder.project, &[]);
+    let runs = daemon.wait_runs("dev", DEPLOYER, Duration::from_secs(60), |runs| {
+        runs.iter().any(|r| state_of(r) == "succeeded")
+    });
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["origin"]["via"], "schedule");
+    assert_eq!(runs[0]["requested_by"], "schedule");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let actions = loop {
+        let (_, events) = daemon.get("/v1/events?environment=dev", Some(DEPLOYER));
+        let actions: Vec<String> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap().to_string())
+            .filter(|a| a.starts_with("schedule."))
+            .collect();
+        if actions.iter().any(|a| a == "schedule.skipped") || std::time::Instant::now() > deadline {
+            break actions;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(actions[0], "schedule.armed", "{actions:?}");
+    assert_eq!(
+        actions.iter().filter(|a| *a == "schedule.fired").count(),
+        1,
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().any(|a| a == "schedule.skipped"),
+        "{actions:?}"
+    );
+    let (_, runs) = daemon.get("/v1/runs?environment=dev", Some(DEPLOYER));
+    assert_eq!(runs.as_array().unwrap().len(), 1, "one run for one release");
+}

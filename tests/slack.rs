@@ -20,10 +20,14 @@ const BOB: &str = "U0BOB";
 const ALICE_ID: &str = "U0ALICE";
 
 fn configure(ladder: &Ladder, slack: &SlackServer, extra: &str) {
+    configure_with(ladder, slack, extra, "bot_token_env = \"TEST_SLACK_BOT\"\n")
+}
+
+fn configure_with(ladder: &Ladder, slack: &SlackServer, extra: &str, bot: &str) {
     let path = ladder.project.path().join("sluice.toml");
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str(&format!(
-        "\n[slack]\nsigning_secret_env = \"TEST_SLACK_SECRET\"\nbot_token_env = \"TEST_SLACK_BOT\"\n\
+        "\n[slack]\nsigning_secret_env = \"TEST_SLACK_SECRET\"\n{bot}\
          api_url = \"{}/api\"\napprovals_channel = \"CAPPROVALS\"\n\n\
          [slack.users.{BOB}]\nname = \"bob\"\nroles = {{ \"*\" = \"approver\" }}\n\n\
          [slack.users.{ALICE_ID}]\nname = \"alice\"\nroles = {{ \"*\" = \"approver\" }}\n\n{extra}",
@@ -729,4 +733,42 @@ fn the_release_hook_requests_a_gated_promotion_only_when_signed() {
         again.body
     );
     assert_eq!(run_count(&daemon), 1);
+}
+
+#[test]
+fn without_a_bot_token_a_slack_run_reports_its_end_through_the_response_url() {
+    let ladder = Ladder::new("slack_nobot", &[]);
+    let slack = SlackServer::start();
+    configure_with(&ladder, &slack, "", "");
+    let daemon = Daemon::start(&ladder.project, DAEMON_ENV);
+    let answer = slack_post(
+        &daemon,
+        "/slack/commands",
+        &command_body(&slack, BOB, "promote dev", "n1"),
+    );
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let calls = slack.wait_for(
+        "the end of the run on the response_url",
+        Duration::from_secs(60),
+        |calls| {
+            calls.iter().any(|c| {
+                c.kind == "response/n1"
+                    && c.body["text"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("succeeded")
+            })
+        },
+    );
+    assert!(
+        calls.iter().all(|c| !c.kind.starts_with("chat.")),
+        "no bot calls: {calls:#?}"
+    );
+    let finals = calls.iter().filter(|c| c.kind == "response/n1").count();
+    assert_eq!(finals, 1, "{calls:#?}");
+    let (_, run) = daemon.get("/v1/runs?environment=dev", Some(ADMIN));
+    assert!(
+        !run.to_string().contains("/response/"),
+        "the response_url stays out of run views: {run}"
+    );
 }

@@ -38,6 +38,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "post", path: "/v1/promotions", summary: "Request a promotion of a release to an environment (with ladder: also upstream).", role: "deployer", body: Some("Promotion"), ok: ("202", "RunList") },
     Endpoint { method: "get", path: "/v1/events", summary: "The audit log, oldest first (query: environment, limit).", role: "viewer", body: None, ok: ("200", "EventList") },
     Endpoint { method: "post", path: "/v1/reload", summary: "Re-read environments, policies, tokens and migrations; a bad file changes nothing.", role: "admin on every environment", body: None, ok: ("200", "Object") },
+    Endpoint { method: "post", path: "/slack/commands", summary: "Slack slash command (form-encoded, as Slack sends it); answered within 3 s.", role: "a valid X-Slack-Signature; then the Slack user's roles from [slack.users]", body: None, ok: ("200", "Object") },
+    Endpoint { method: "post", path: "/slack/interactions", summary: "Slack button clicks (form-encoded `payload` of type block_actions).", role: "a valid X-Slack-Signature; then the Slack user's roles from [slack.users]", body: None, ok: ("200", "Object") },
+    Endpoint { method: "post", path: "/hooks/release", summary: "CI announces a release: read the migrations directory and request a promotion (under every gate). Body {to?, release?, reason?, delivery?}.", role: "a valid X-Sluice-Signature (sha256=HMAC-SHA256 of the body with the [hooks] secret)", body: None, ok: ("202", "Object") },
 ];
 
 fn reference(name: &str) -> Value {
@@ -125,7 +128,7 @@ pub fn document() -> Value {
                     "content": {"application/json": {"schema": reference("Error")}}}
             }
         });
-        if endpoint.role == "none" {
+        if endpoint.role == "none" || endpoint.role.contains("Signature") {
             operation["security"] = json!([]);
         }
         let parameters: Vec<Value> = endpoint

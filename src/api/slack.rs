@@ -442,6 +442,11 @@ async fn promote(
             }),
         })
         .await?;
+    remember_response_url(
+        chatops,
+        runs.iter().map(|r| r.id.as_str()),
+        &command.response_url,
+    )?;
     let lines: Vec<String> = runs.iter().map(plain_line).collect();
     Ok(Message {
         text: format!(
@@ -452,6 +457,26 @@ async fn promote(
         blocks: Vec::new(),
         in_channel: true,
     })
+}
+
+/// Keeps a command's `response_url` for its runs (in the store, never in a run view: the URL
+/// lets anyone post to the channel), so a daemon without a bot token can report their end.
+fn remember_response_url<'a>(
+    chatops: &ChatOps,
+    run_ids: impl IntoIterator<Item = &'a str>,
+    response_url: &str,
+) -> Result<(), Error> {
+    if response_url.is_empty() {
+        return Ok(());
+    }
+    for id in run_ids {
+        chatops.engine.store().put_mark(
+            &format!("{}{id}", crate::chatops::RESPONSE_URL_PREFIX),
+            &json!({"url": response_url}),
+        )?;
+        chatops.poke(id);
+    }
+    Ok(())
 }
 
 /// Finds a run by its id or a unique prefix of at least 6 characters.
@@ -573,6 +598,7 @@ async fn rollback(
             }),
         )
         .await?;
+    remember_response_url(chatops, [run.id.as_str()], &command.response_url)?;
     Ok(Message {
         text: format!(
             "{} requested a rollback of `{env}`: {}\nProgress follows in this channel.",

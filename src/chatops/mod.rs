@@ -40,6 +40,9 @@ pub struct SlackSide {
     pub api: Arc<dyn SlackApi>,
     /// Where approval requests go; without it, to the channel the run was requested from.
     pub approvals_channel: Option<String>,
+    /// Whether a bot token is configured: without one, no message can be posted or edited,
+    /// and a run started from Slack reports its end through the command's `response_url`.
+    pub has_bot: bool,
 }
 
 impl SlackSide {
@@ -123,15 +126,13 @@ impl ChatOps {
                             .map_err(|e| Error::Config(e.to_string()))?,
                     ),
                 };
-                Some((
-                    SlackSide {
-                        signing_secret,
-                        users: slack.users.clone(),
-                        api,
-                        approvals_channel: slack.approvals_channel.clone(),
-                    },
-                    bot_token.is_some(),
-                ))
+                Some(SlackSide {
+                    signing_secret,
+                    users: slack.users.clone(),
+                    api,
+                    approvals_channel: slack.approvals_channel.clone(),
+                    has_bot: bot_token.is_some(),
+                })
             }
             None => None,
         };
@@ -175,25 +176,20 @@ impl ChatOps {
         engine.add_listener(Arc::new(NotifyListener {
             notifier: notifier.clone(),
         }));
-        let (slack, reporter) = match slack {
-            Some((side, has_bot)) => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let reporter = Reporter { tx };
-                if has_bot {
-                    engine.add_listener(Arc::new(reporter.clone()));
-                }
-                (Some(side), Some((reporter, rx, has_bot)))
-            }
-            None => (None, None),
-        };
+        let reporter = slack.as_ref().map(|_| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let reporter = Reporter { tx };
+            engine.add_listener(Arc::new(reporter.clone()));
+            (reporter, rx)
+        });
         let chatops = Arc::new(ChatOps {
             engine: engine.clone(),
             slack,
             hooks,
             notifier,
-            reporter: reporter.as_ref().map(|(r, _, _)| r.clone()),
+            reporter: reporter.as_ref().map(|(r, _)| r.clone()),
         });
-        if let Some((_, rx, true)) = reporter {
+        if let Some((_, rx)) = reporter {
             tokio::spawn(report_loop(chatops.clone(), rx));
         }
         Ok(chatops)
@@ -272,6 +268,9 @@ async fn report(chatops: &ChatOps, run_id: &str) -> Result<()> {
         path: "slack".into(),
         message: e.to_string(),
     };
+    if !slack.has_bot {
+        return report_without_bot(chatops, slack, &run).await;
+    }
     if let Some(Origin::Slack { channel, .. }) = &run.origin {
         let key = format!("slack/progress/{}", run.id);
         let message = run_message(&run);
@@ -343,6 +342,38 @@ async fn report(chatops: &ChatOps, run_id: &str) -> Result<()> {
             }
         }
         None => {}
+    }
+    Ok(())
+}
+
+/// The prefix of the mark holding a Slack-started run's `response_url`.
+pub const RESPONSE_URL_PREFIX: &str = "slack/response_url/";
+
+/// Without a bot token nothing can be posted or edited: a run started from Slack tells its end
+/// once through the command's `response_url` (valid for 30 minutes, which covers most runs).
+async fn report_without_bot(chatops: &ChatOps, slack: &SlackSide, run: &Run) -> Result<()> {
+    if !run.state.is_final() {
+        return Ok(());
+    }
+    let store = chatops.engine.store();
+    let Some(url) = store
+        .mark(&format!("{RESPONSE_URL_PREFIX}{}", run.id))?
+        .and_then(|m| m.get("url").and_then(Value::as_str).map(String::from))
+    else {
+        return Ok(());
+    };
+    if store.insert_mark(
+        &format!("slack/final/{}", run.id),
+        &json!({"state": run.state.name()}),
+    )? {
+        slack
+            .api
+            .respond(&url, &run_message(run), false)
+            .await
+            .map_err(|e| Error::Io {
+                path: "slack".into(),
+                message: e.to_string(),
+            })?;
     }
     Ok(())
 }
