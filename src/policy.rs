@@ -2298,4 +2298,55 @@ on_inconclusive = "rollback"
             assert_eq!(parse_duration(text).unwrap(), d);
         }
     }
+
+    #[test]
+    fn a_schedule_parses_with_its_rules_and_stray_keys_are_refused() {
+        let envs = ["dev".to_string(), "prod".to_string()];
+        let parse = |text: &str| Policies::parse_file(Path::new("policies/prod.toml"), text, &envs);
+        let policy = parse(
+            "environment = \"prod\"\nschedule = \"0 10 * * Mon-Fri\"\ntimezone = \"Europe/Berlin\"\n\
+             misfire = \"run_once\"\nstarting_deadline = \"15m\"\non_closed_window = \"drop\"\n",
+        )
+        .unwrap();
+        let rule = policy.schedule.expect("schedule");
+        assert_eq!(rule.cron.timezone, chrono_tz::Europe::Berlin);
+        assert_eq!(rule.misfire, Misfire::RunOnce);
+        assert_eq!(rule.starting_deadline, Duration::from_secs(900));
+        assert_eq!(rule.on_closed_window, ClosedWindowRule::Drop);
+        let default = parse("environment = \"prod\"\nschedule = \"@daily\"\n").unwrap();
+        let rule = default.schedule.expect("schedule");
+        assert_eq!(
+            (rule.misfire, rule.starting_deadline),
+            (Misfire::Skip, DEFAULT_STARTING_DEADLINE)
+        );
+        for (text, needle) in [
+            (
+                "environment = \"prod\"\ntimezone = \"UTC\"\n",
+                "prod.toml:2: key `timezone`: needs `schedule`",
+            ),
+            (
+                "environment = \"prod\"\nschedule = \"0 10 * * *\"\nmisfire = \"later\"\n",
+                ":3: key `misfire`",
+            ),
+            (
+                "environment = \"prod\"\nschedule = \"0 10 * * *\"\ntimezone = \"Mars/Olympus\"\n",
+                ":3: key `timezone`",
+            ),
+            (
+                "environment = \"prod\"\nschedule = \"0 10 * *\"\n",
+                ":2: key `schedule`",
+            ),
+            (
+                "environment = \"prod\"\nschedule = \"0 10 * * *\"\nstarting_deadline = \"0s\"\n",
+                ":3: key `starting_deadline`",
+            ),
+            (
+                "environment = \"prod\"\nschedule = \"0 10 * * *\"\non_closed_window = \"skip\"\n",
+                ":3: key `on_closed_window`",
+            ),
+        ] {
+            let message = parse(text).unwrap_err().to_string();
+            assert!(message.contains(needle), "{text:?}: {message}");
+        }
+    }
 }

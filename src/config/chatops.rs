@@ -376,3 +376,67 @@ impl SlackConfig {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Project;
+
+    /// Loads `sluice.toml` with `text` from a fresh directory.
+    fn load(text: &str) -> crate::error::Result<Project> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("sluice.toml"), text).expect("write");
+        Project::load(dir.path())
+    }
+
+    fn error(text: &str) -> String {
+        load(text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn a_full_chatops_section_parses() {
+        let project = load(
+            "[slack]\nsigning_secret_env = \"S\"\nbot_token_file = \"bot.txt\"\napi_url = \"http://127.0.0.1:9/api/\"\n\
+             approvals_channel = \"C1\"\n[slack.users.U1]\nname = \"alice\"\nroles = { \"*\" = \"approver\", prod = \"viewer\" }\n\
+             [[notify]]\nkind = \"slack\"\nurl_env = \"HOOK\"\n[[notify]]\nname = \"ci\"\nkind = \"webhook\"\n\
+             url = \"https://ci.example.com/x\"\nsecret_env = \"W\"\nevents = [\"run.halted\"]\n\
+             [hooks]\nsecret_file = \"hook.txt\"\npromote_to = \"dev\"\n",
+        )
+        .expect("parses");
+        let chatops = project.chatops;
+        let slack = chatops.slack.expect("slack");
+        assert_eq!(slack.api_url, "http://127.0.0.1:9/api");
+        assert_eq!(slack.approvals_channel.as_deref(), Some("C1"));
+        let alice = &slack.users["U1"];
+        assert_eq!(alice.name, "alice");
+        assert_eq!(alice.roles["prod"], crate::api::auth::Role::Viewer);
+        assert_eq!(chatops.notify.len(), 2);
+        assert_eq!(chatops.notify[0].name, "notify[1]");
+        assert_eq!(chatops.notify[1].events, vec!["run.halted".to_string()]);
+        assert_eq!(
+            chatops.hooks.expect("hooks").promote_to.as_deref(),
+            Some("dev")
+        );
+        assert!(slack
+            .unknown_environments(&["dev".into()])
+            .contains(&"prod".to_string()));
+    }
+
+    #[test]
+    fn bad_chatops_sections_name_the_line_and_key() {
+        for (text, needle) in [
+            ("[slack]\nbot_token_env = \"B\"\n", "sluice.toml:1: key `slack.signing_secret_env`: missing"),
+            ("[slack]\nsigning_secret_env = \"S\"\nsigning_secret_file = \"f\"\n", ":3: key `slack.signing_secret_file`: give either"),
+            ("[slack]\nsigning_secret_env = \"S\"\n[slack.users.U1]\nname = \"a\"\nroles = { \"*\" = \"god\" }\n", ":5: key `slack.users.U1.roles.*`"),
+            ("[slack]\nsigning_secret_env = \"S\"\napi_url = \"not a url\"\n", ":3: key `slack.api_url`"),
+            ("[[notify]]\nkind = \"email\"\nurl = \"https://x\"\n", ":2: key `notify[1].kind`: `email` is not a sink kind"),
+            ("[[notify]]\nkind = \"webhook\"\n", "the sink has no URL"),
+            ("[[notify]]\nkind = \"slack\"\nurl_env = \"H\"\nsecret_env = \"S\"\n", "is not signed by sluice"),
+            ("[[notify]]\nkind = \"webhook\"\nurl_env = \"H\"\nevents = [\"run.exploded\"]\n", "`run.exploded` is not an event"),
+            ("[hooks]\npromote_to = \"dev\"\n", "key `hooks.secret_env`: missing"),
+            ("[slack]\nsigning_secret_env = \"S\"\nsigning_secret = \"inline\"\n", "sluice.toml:3"),
+        ] {
+            let message = error(text);
+            assert!(message.contains(needle), "{text:?}: {message}");
+        }
+    }
+}
