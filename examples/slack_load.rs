@@ -72,7 +72,6 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 /// One burst: `concurrency` requests built by `make`, all started at once.
 async fn burst(
-    client: &reqwest::Client,
     concurrency: usize,
     make: &(dyn Fn(u64) -> reqwest::RequestBuilder + Sync),
     counter: &mut u64,
@@ -83,7 +82,6 @@ async fn burst(
             make(*counter)
         })
         .collect();
-    let _ = client;
     let start = Instant::now();
     let tasks: Vec<_> = requests
         .into_iter()
@@ -111,18 +109,17 @@ async fn burst(
 }
 
 async fn series(
-    client: &reqwest::Client,
     args: &Args,
     name: &str,
     make: &(dyn Fn(u64) -> reqwest::RequestBuilder + Sync),
     counter: &mut u64,
 ) {
-    let _ = burst(client, args.concurrency, make, counter).await;
+    let _ = burst(args.concurrency, make, counter).await;
     let mut latencies = Vec::new();
     let mut errors = 0;
     let mut first_error = None;
     for _ in 0..args.bursts {
-        for result in burst(client, args.concurrency, make, counter).await {
+        for result in burst(args.concurrency, make, counter).await {
             match result {
                 Ok(us) => latencies.push(us),
                 Err(e) => {
@@ -163,7 +160,7 @@ async fn main() {
         let url = format!("{base}/v1/health");
         move |_n: u64| client.get(&url)
     };
-    series(&client, &args, "GET /v1/health", &health, &mut counter).await;
+    series(&args, "GET /v1/health", &health, &mut counter).await;
     let secret = Arc::new(args.secret.clone());
     for text in &args.texts {
         let make = {
@@ -182,13 +179,6 @@ async fn main() {
                     .body(body)
             }
         };
-        series(
-            &client,
-            &args,
-            &format!("/sluice {text}"),
-            &make,
-            &mut counter,
-        )
-        .await;
+        series(&args, &format!("/sluice {text}"), &make, &mut counter).await;
     }
 }
