@@ -106,6 +106,20 @@ pub enum Command {
     Token(ladder::TokenCommand),
     /// Show each policy's schedule and its next firings in its time zone.
     Schedules(SchedulesArgs),
+    /// Report risky statements in migrations (exit 0 none, 1 findings): all of them, or with
+    /// --env the ones that environment has not applied.
+    Lint(LintArgs),
+}
+
+/// `sluice lint`.
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    /// Lint only the migrations this environment has not applied (read from its history table).
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `sluice schedules`.
@@ -326,6 +340,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Check(args) => check_cmd(&project, args).await,
         Command::Serve(args) => ladder::serve(&project, args).await,
         Command::Schedules(args) => schedules_cmd(&project, args),
+        Command::Lint(args) => lint_cmd(&project, args).await,
         Command::Promote(args) => ladder::promote(&project, args).await,
         Command::Environments(args) => ladder::environments(&project, args).await,
         Command::Runs(args) => ladder::runs(&project, args).await,
@@ -925,4 +940,62 @@ fn schedules_cmd(project: &Project, args: SchedulesArgs) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+async fn lint_cmd(project: &Project, args: LintArgs) -> Result<u8> {
+    use crate::migrations::lint::{lint_migrations, LintOptions};
+    let (set, pending) = match &args.env {
+        Some(env) => {
+            let mut loaded = load(project, env).await?;
+            let ctx = Context::new(&loaded.env, &loaded.set, loaded.target.as_ref())?;
+            let status = apply::status(loaded.target.as_mut(), &ctx).await?;
+            loaded.target.close().await?;
+            let pending: Vec<String> = status
+                .with_state(State::Pending)
+                .map(|e| e.name.clone())
+                .collect();
+            (loaded.set.clone(), Some(pending))
+        }
+        None => (migrations::discover(&project.migrations_dir)?, None),
+    };
+    let report = lint_migrations(&set, pending.as_deref(), LintOptions::default());
+    if args.json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        let scope = match (&args.env, &pending) {
+            (Some(env), Some(p)) => format!("{} migration(s) pending on `{env}`", p.len()),
+            _ => format!("{} migration(s)", set.migrations.len()),
+        };
+        if report.findings.is_empty() {
+            say!("no findings in {scope}");
+        } else {
+            say!("{} finding(s) in {scope}:", report.findings.len());
+        }
+        for f in &report.findings {
+            say!(
+                "{}:{}: [{}] {}\n    {}",
+                f.migration,
+                f.line,
+                f.rule.id(),
+                f.message,
+                f.statement
+            );
+        }
+        for s in &report.silenced {
+            say!(
+                "silenced {}:{}: [{}] {}",
+                s.migration,
+                s.line,
+                s.rule.id(),
+                s.reason
+            );
+        }
+        for p in &report.problems {
+            say!("problem: {p}");
+        }
+    }
+    Ok(if report.findings.is_empty() { 0 } else { 1 })
 }

@@ -196,3 +196,75 @@ fn the_readme_command_runs_the_whole_ladder() {
         "{again:?}"
     );
 }
+
+#[test]
+fn lint_reports_risky_statements_of_pending_migrations_and_honours_silencing() {
+    let dir = example_copy();
+    let added = dir.path().join("migrations/20240301000000_risky");
+    std::fs::create_dir_all(&added).unwrap();
+    std::fs::write(
+        added.join("migration.sql"),
+        "-- sluice:allow drop-column -- displayName is backfilled into name since 20240220\n\
+         ALTER TABLE \"User\" DROP COLUMN \"displayName\";\n\
+         CREATE INDEX \"Post_title_idx\" ON \"Post\"(\"title\");\n\
+         -- sluice:allow rename\n\
+         ALTER TABLE \"Post\" RENAME COLUMN \"title\" TO \"headline\";\n",
+    )
+    .unwrap();
+    let out = sluice(dir.path(), &["lint", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings: Vec<(String, u64)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["rule"].as_str().unwrap().to_string(),
+                f["line"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Linting the whole directory, `Post` is created by the first migration of the slice, so
+    // indexing it is not a finding; the rename is.
+    assert_eq!(findings, vec![("rename".to_string(), 5)], "{report}");
+    assert_eq!(report["silenced"][0]["rule"], "drop-column");
+    assert!(report["silenced"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("backfilled"));
+    assert!(
+        report["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("20240301000000_risky:4"),
+        "{report}"
+    );
+
+    // With --env, only what the environment has not applied is linted.
+    let out = sluice(
+        dir.path(),
+        &[
+            "apply",
+            "--env",
+            "dev",
+            "--to",
+            "20240220101500_backfill_display_name",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = sluice(dir.path(), &["lint", "--env", "dev"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("2 finding(s) in 1 migration(s) pending on `dev`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("20240301000000_risky:3: [index-without-concurrently]"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&added).unwrap();
+    let out = sluice(dir.path(), &["lint", "--env", "dev"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}

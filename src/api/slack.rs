@@ -407,6 +407,26 @@ async fn plan(
             ));
         }
     }
+    if plan.lint.findings.is_empty() {
+        lines.push("lint: no findings".into());
+    } else {
+        lines.push(format!("lint findings ({}):", plan.lint.findings.len()));
+        lines.extend(plan.lint.findings.iter().map(|f| {
+            format!(
+                "• `{}`:{} [{}] {}",
+                f.migration,
+                f.line,
+                f.rule.id(),
+                f.message
+            )
+        }));
+    }
+    if !plan.lint.silenced.is_empty() {
+        lines.push(format!(
+            "lint: {} finding(s) silenced in the migrations with a reason",
+            plan.lint.silenced.len()
+        ));
+    }
     if plan.gates.is_empty() {
         lines.push("gates: all open; a promotion would start at once".into());
     } else {

@@ -4,5 +4,6 @@
 pub mod classify;
 pub mod discover;
 pub mod lexer;
+pub mod lint;
 
 pub use discover::{discover, Layout, Migration, MigrationSet, Script};

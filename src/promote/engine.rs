@@ -170,6 +170,8 @@ pub struct PlanView {
     pub migrations: Vec<crate::apply::Planned>,
     /// The gates that would hold a promotion requested now, one sentence each.
     pub gates: Vec<String>,
+    /// What the lint says about the migrations that would run.
+    pub lint: crate::migrations::lint::LintReport,
 }
 
 /// Counters for `/metrics`.
@@ -867,7 +869,14 @@ impl Engine {
         .into_iter()
         .map(|g| g.replace("sluice approve (plan)", "sluice approve <run>"))
         .collect();
+        let names: Vec<String> = planned.plan.iter().map(|m| m.name.clone()).collect();
+        let lint = crate::migrations::lint::lint_migrations(
+            &loaded.set,
+            Some(&names),
+            crate::migrations::lint::LintOptions::default(),
+        );
         Ok(PlanView {
+            lint,
             environment: env.into(),
             release: release.hash.clone(),
             head: release.head.clone(),
