@@ -23,6 +23,7 @@ use toml::Spanned;
 
 use crate::config::{parse_duration, FileContext};
 use crate::error::{Error, Result};
+use crate::migrations::lint::Rule as LintRule;
 use crate::schedule::timing::{CronSchedule, Misfire};
 
 /// Folder, beside `sluice.toml`, holding the policy files (`*.toml`, one per environment).
@@ -79,8 +80,20 @@ pub struct Policy {
     pub rollback: RollbackPolicy,
     /// When promotions here are requested by the clock (`schedule = "<cron>"`).
     pub schedule: Option<ScheduleRule>,
+    /// Which lint findings in the migrations a promotion brings stop it or need an approval.
+    pub lint: LintPolicy,
     /// The file the policy was read from; `None` for a default policy.
     pub source: Option<PathBuf>,
+}
+
+/// What lint findings do to a promotion (`lint = { block = [...], require_approval = [...] }`).
+/// A finding silenced in its migration (with a reason) counts for neither.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LintPolicy {
+    /// Rules whose findings keep the run gated until the migration changes or silences them.
+    pub block: Vec<LintRule>,
+    /// Rules whose findings make the run wait for one approval even where none is required.
+    pub require_approval: Vec<LintRule>,
 }
 
 /// A cron schedule that requests a promotion at each firing, so a team can promote on a rhythm
@@ -663,6 +676,14 @@ struct RawPolicy {
     misfire: Option<Spanned<String>>,
     starting_deadline: Option<Spanned<String>>,
     on_closed_window: Option<Spanned<String>>,
+    lint: Option<RawLint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLint {
+    block: Option<Spanned<Vec<Spanned<String>>>>,
+    require_approval: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -819,6 +840,17 @@ fn parse_policy(path: &Path, text: &str, environments: &[String]) -> Result<(Pol
         _ => ctx.duration("soak", &raw.soak)?.unwrap_or(Duration::ZERO),
     };
     let schedule = parse_schedule(&ctx, &raw)?;
+    let lint = match &raw.lint {
+        Some(raw) => LintPolicy {
+            block: parse_lint_rules(&ctx, "lint.block", &raw.block)?,
+            require_approval: parse_lint_rules(
+                &ctx,
+                "lint.require_approval",
+                &raw.require_approval,
+            )?,
+        },
+        None => LintPolicy::default(),
+    };
     let approvals = match raw.approvals {
         Some(raw) => parse_approvals(&ctx, raw)?,
         None => ApprovalRule::default(),
@@ -858,9 +890,36 @@ fn parse_policy(path: &Path, text: &str, environments: &[String]) -> Result<(Pol
         concurrency,
         rollback,
         schedule,
+        lint,
         source: Some(path.to_path_buf()),
     };
     Ok((policy, lines))
+}
+
+fn parse_lint_rules(
+    ctx: &FileContext<'_>,
+    key: &str,
+    value: &Option<Spanned<Vec<Spanned<String>>>>,
+) -> Result<Vec<LintRule>> {
+    let Some(list) = value else {
+        return Ok(Vec::new());
+    };
+    list.get_ref()
+        .iter()
+        .map(|id| {
+            LintRule::from_id(id.get_ref().trim()).ok_or_else(|| {
+                ctx.at(
+                    key,
+                    id,
+                    format!(
+                        "`{}` is not a lint rule; known: {}",
+                        id.get_ref(),
+                        LintRule::ALL.map(|r| r.id()).join(", ")
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 fn parse_timezone(ctx: &FileContext<'_>, key: &str, value: &Spanned<String>) -> Result<Tz> {
@@ -1195,6 +1254,7 @@ impl Policy {
             concurrency: PendingRule::default(),
             rollback: RollbackPolicy::default(),
             schedule: None,
+            lint: LintPolicy::default(),
             source: None,
         }
     }
@@ -2343,6 +2403,10 @@ on_inconclusive = "rollback"
             (
                 "environment = \"prod\"\nschedule = \"0 10 * * *\"\non_closed_window = \"skip\"\n",
                 ":3: key `on_closed_window`",
+            ),
+            (
+                "environment = \"prod\"\nlint = { block = [\"drop-everything\"] }\n",
+                ":2: key `lint.block`: `drop-everything` is not a lint rule",
             ),
         ] {
             let message = parse(text).unwrap_err().to_string();

@@ -858,23 +858,24 @@ impl Engine {
             }
             None => None,
         };
-        let gates = closed_gates(&GateInput {
-            policy: &policy,
-            run: &probe,
-            release: &release,
-            upstream,
-            ahead: holder_of(&runs, env),
-            now,
-        })
-        .into_iter()
-        .map(|g| g.replace("sluice approve (plan)", "sluice approve <run>"))
-        .collect();
         let names: Vec<String> = planned.plan.iter().map(|m| m.name.clone()).collect();
         let lint = crate::migrations::lint::lint_migrations(
             &loaded.set,
             Some(&names),
             crate::migrations::lint::LintOptions::default(),
         );
+        let gates = closed_gates(&GateInput {
+            policy: &policy,
+            run: &probe,
+            release: &release,
+            upstream,
+            ahead: holder_of(&runs, env),
+            lint: Some(&lint),
+            now,
+        })
+        .into_iter()
+        .map(|g| g.replace("sluice approve (plan)", "sluice approve <run>"))
+        .collect();
         Ok(PlanView {
             lint,
             environment: env.into(),
@@ -884,6 +885,39 @@ impl Engine {
             migrations: planned.plan,
             gates,
         })
+    }
+
+    /// The lint of the migrations `release` adds to what `env` is on (as sluice recorded it),
+    /// when the policy has lint rules; the gate judges what a run would bring.
+    fn lint_for(
+        &self,
+        loaded: &Loaded,
+        env: &str,
+        release: &Release,
+        policy: &crate::policy::Policy,
+    ) -> Result<Option<crate::migrations::lint::LintReport>> {
+        if policy.lint.block.is_empty() && policy.lint.require_approval.is_empty() {
+            return Ok(None);
+        }
+        let current: Vec<String> = match self.store.environment_state(env)?.release {
+            Some(hash) => self
+                .store
+                .release(&hash)?
+                .map(|r| r.migrations.into_iter().map(|m| m.name).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let names: Vec<String> = release
+            .migrations
+            .iter()
+            .map(|m| m.name.clone())
+            .filter(|n| !current.contains(n))
+            .collect();
+        Ok(Some(crate::migrations::lint::lint_migrations(
+            &loaded.set,
+            Some(&names),
+            crate::migrations::lint::LintOptions::default(),
+        )))
     }
 
     /// Looks at every waiting run once: updates what it waits for, and starts the first run of
@@ -922,12 +956,14 @@ impl Engine {
                     }
                     None => None,
                 };
+                let lint = self.lint_for(&loaded, env, &release, &policy)?;
                 let closed = closed_gates(&GateInput {
                     policy: &policy,
                     run,
                     release: &release,
                     upstream,
                     ahead,
+                    lint: lint.as_ref(),
                     now,
                 });
                 let mut run = run.clone();

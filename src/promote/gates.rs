@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::migrations::lint::LintReport;
 use crate::policy::{window_verdict, Policy, WindowVerdict};
 use crate::store::records::short_hash;
 use crate::store::{EnvironmentState, Release, Run};
@@ -21,6 +22,8 @@ pub struct GateInput<'a> {
     pub upstream: Option<(&'a EnvironmentState, Option<&'a Release>)>,
     /// Another run that holds the environment or is ahead in the queue.
     pub ahead: Option<&'a Run>,
+    /// The lint of the migrations the run would bring, for the policy's `lint` rules.
+    pub lint: Option<&'a LintReport>,
     /// Now.
     pub now: DateTime<Utc>,
 }
@@ -74,7 +77,31 @@ pub fn closed_gates(input: &GateInput<'_>) -> Vec<String> {
             )),
         }
     }
-    let required = policy.approvals.required as usize;
+    let findings = |rules: &[crate::migrations::lint::Rule]| -> Vec<String> {
+        input
+            .lint
+            .map(|report| {
+                report
+                    .findings
+                    .iter()
+                    .filter(|f| rules.contains(&f.rule))
+                    .map(|f| format!("{} at {}:{}", f.rule.id(), f.migration, f.line))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let blocked = findings(&policy.lint.block);
+    if !blocked.is_empty() {
+        closed.push(format!(
+            "lint: the policy blocks {}; change the migration, silence the finding in it with a reason (`-- sluice:allow <rule> -- <why>`), or cancel the run",
+            blocked.join(", ")
+        ));
+    }
+    let needs_approval = findings(&policy.lint.require_approval);
+    let mut required = policy.approvals.required as usize;
+    if !needs_approval.is_empty() {
+        required = required.max(1);
+    }
     if required > 0 {
         let have = valid_approvals(policy, input.run, input.now);
         if have < required {
@@ -83,8 +110,16 @@ pub fn closed_gates(input: &GateInput<'_>) -> Vec<String> {
             } else {
                 policy.approvals.from.join(", ")
             };
+            let because = if needs_approval.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; the policy wants one for lint findings {}",
+                    needs_approval.join(", ")
+                )
+            };
             closed.push(format!(
-                "approval: {have} of {required} approvals (approvers: {who}); approve with `sluice approve {}`",
+                "approval: {have} of {required} approvals (approvers: {who}){because}; approve with `sluice approve {}`",
                 input.run.id
             ));
         }
@@ -189,6 +224,7 @@ mod tests {
             release: rel,
             upstream: up,
             ahead: None,
+            lint: None,
             now,
         })
     }
@@ -300,8 +336,70 @@ mod tests {
             release: &rel,
             upstream: None,
             ahead: Some(&ahead),
+            lint: None,
             now: outside,
         });
         assert_eq!(closed, ["concurrency: run run-0 is verifying on `prod`"]);
+    }
+
+    #[test]
+    fn lint_findings_block_or_ask_for_an_approval_as_the_policy_says() {
+        use crate::migrations::lint::{lint, LintOptions};
+        let p = policy(
+            "environment = \"prod\"\nlint = { block = [\"drop-table\"], require_approval = [\"drop-column\"] }\n",
+        );
+        let rel = release(&["a", "b"]);
+        let now = Utc::now();
+        let report = |sql: &str| lint(&[("b", sql, true)], LintOptions::default());
+        let check = |report: &crate::migrations::lint::LintReport,
+                     approvals: &[(&str, DateTime<Utc>)]| {
+            closed_gates(&GateInput {
+                policy: &p,
+                run: &run("ci", approvals),
+                release: &rel,
+                upstream: None,
+                ahead: None,
+                lint: Some(report),
+                now,
+            })
+        };
+        let drop_table = report("DROP TABLE users;\n");
+        let closed = check(&drop_table, &[]);
+        assert_eq!(closed.len(), 1, "{closed:?}");
+        assert!(
+            closed[0].starts_with("lint: the policy blocks drop-table at b:1"),
+            "{closed:?}"
+        );
+        assert_eq!(
+            check(&drop_table, &[("alice", now)]).len(),
+            1,
+            "an approval does not lift a block"
+        );
+
+        let drop_column = report("ALTER TABLE users DROP COLUMN email;\n");
+        let closed = check(&drop_column, &[]);
+        assert_eq!(closed.len(), 1, "{closed:?}");
+        assert!(
+            closed[0].starts_with("approval: 0 of 1 approvals"),
+            "{closed:?}"
+        );
+        assert!(
+            closed[0].contains("lint findings drop-column at b:1"),
+            "{closed:?}"
+        );
+        assert!(check(&drop_column, &[("alice", now)]).is_empty());
+        assert!(
+            check(&drop_column, &[("ci", now)]).len() == 1,
+            "self-approval never counts"
+        );
+
+        let silenced = report(
+            "-- sluice:allow drop-table -- archived in 2023, empty since\nDROP TABLE users;\n",
+        );
+        assert!(
+            check(&silenced, &[]).is_empty(),
+            "a silenced finding stops nothing"
+        );
+        assert!(check(&report("CREATE TABLE t (id int);\n"), &[]).is_empty());
     }
 }
