@@ -622,3 +622,67 @@ fn a_schedule_in_the_daemon_promotes_once_and_then_finds_nothing_to_do() {
     let (_, runs) = daemon.get("/v1/runs?environment=dev", Some(DEPLOYER));
     assert_eq!(runs.as_array().unwrap().len(), 1, "one run for one release");
 }
+
+#[test]
+fn lint_findings_block_a_run_or_make_it_wait_for_an_approval_as_the_policy_says() {
+    let ladder = Ladder::new("lintgate", &[]);
+    ladder.policy(
+        "dev",
+        "environment = \"dev\"\nlint = { require_approval = [\"drop-column\"] }\n",
+    );
+    ladder.policy(
+        "staging",
+        "environment = \"staging\"\nlint = { block = [\"drop-column\"] }\n",
+    );
+    add_migration_with_down(
+        &ladder.project,
+        "20240104000000_drop_email",
+        "ALTER TABLE users DROP COLUMN email;\n",
+        "ALTER TABLE users ADD COLUMN email text;\n",
+    );
+    let daemon = Daemon::start(&ladder.project, &[]);
+
+    let (status, created) = daemon.post("/v1/promotions", Some(DEPLOYER), r#"{"to": "dev"}"#);
+    assert_eq!(status, 202, "{created}");
+    let dev = only_run(&daemon, "dev", |r| state_of(r) == "gated");
+    let gates = waiting_for(&dev);
+    assert_eq!(gate_kinds(&dev), ["approval"], "{gates:?}");
+    assert!(
+        gates[0].contains("lint findings drop-column at 20240104000000_drop_email:1"),
+        "{gates:?}"
+    );
+    let id = dev["id"].as_str().unwrap();
+    let (status, _) = daemon.post(&format!("/v1/runs/{id}/approve"), Some(ALICE), "{}");
+    assert_eq!(status, 200);
+    daemon.wait_run(id, DEPLOYER, Duration::from_secs(60), |r| {
+        state_of(r) == "succeeded"
+    });
+    assert_eq!(ladder.db("dev").psql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'email'"), "0");
+
+    let (status, created) = daemon.post("/v1/promotions", Some(DEPLOYER), r#"{"to": "staging"}"#);
+    assert_eq!(status, 202, "{created}");
+    let staging = only_run(&daemon, "staging", |r| state_of(r) == "gated");
+    let gates = waiting_for(&staging);
+    assert_eq!(gate_kinds(&staging), ["lint"], "{gates:?}");
+    assert!(
+        gates[0].contains("the policy blocks drop-column"),
+        "{gates:?}"
+    );
+    let id = staging["id"].as_str().unwrap();
+    let (status, _) = daemon.post(&format!("/v1/runs/{id}/approve"), Some(ALICE), "{}");
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, still) = daemon.get(&format!("/v1/runs/{id}"), Some(DEPLOYER));
+    assert_eq!(
+        state_of(&still),
+        "gated",
+        "an approval does not lift a block: {still}"
+    );
+    assert!(
+        ladder
+            .db("staging")
+            .psql_try("SELECT 1 FROM _prisma_migrations")
+            .is_err(),
+        "staging untouched"
+    );
+}
