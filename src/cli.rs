@@ -23,6 +23,7 @@ macro_rules! say {
 use comfy_table::{presets, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 
+pub mod drift;
 pub mod ladder;
 
 use crate::apply::{self, ApplyOptions, Context, Observer, Resolution, State, Status};
@@ -109,6 +110,8 @@ pub enum Command {
     /// Report risky statements in migrations (exit 0 none, 1 findings): all of them, or with
     /// --env the ones that environment has not applied.
     Lint(LintArgs),
+    /// Compare the live schemas of two environments (exit 0 same, 2 different, 1 error).
+    Diff(drift::DiffArgs),
 }
 
 /// `sluice lint`.
@@ -341,6 +344,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Serve(args) => ladder::serve(&project, args).await,
         Command::Schedules(args) => schedules_cmd(&project, args),
         Command::Lint(args) => lint_cmd(&project, args).await,
+        Command::Diff(args) => drift::diff_cmd(&project, args).await,
         Command::Promote(args) => ladder::promote(&project, args).await,
         Command::Environments(args) => ladder::environments(&project, args).await,
         Command::Runs(args) => ladder::runs(&project, args).await,

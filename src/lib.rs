@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod drift;
 pub mod error;
 pub mod health;
 pub mod migrations;

@@ -1,0 +1,8 @@
+//! Drift: what a database's schema really is, compared with another database or with what a
+//! release's migrations produce. `model` is the canonical schema, `introspect` reads it from
+//! PostgreSQL (one batch of one query per object kind) or SQLite, `diff` compares two models
+//! and writes the SQL that would make the left side match the right.
+
+pub mod diff;
+pub mod introspect;
+pub mod model;
