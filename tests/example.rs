@@ -1,34 +1,13 @@
 //! The shipped example (SQLite environments, no server): it applies, records Prisma's history,
 //! and a broken migration on SQLite is rolled back and recorded like on PostgreSQL.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
+use common::example_copy;
 use sqlx::{Connection, Row, SqliteConnection};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
-/// A private copy of the example project, so tests never touch the repository's `.sluice/`.
-fn example_copy() -> tempfile::TempDir {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(root.join("sluice.toml"), dir.path().join("sluice.toml")).unwrap();
-    copy_dir(&root.join("environments"), &dir.path().join("environments"));
-    copy_dir(&root.join("migrations"), &dir.path().join("migrations"));
-    copy_dir(&root.join("policies"), &dir.path().join("policies"));
-    dir
-}
 
 fn sluice(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sluice"))

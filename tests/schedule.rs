@@ -6,7 +6,9 @@
 //! The example project (SQLite environments) is enough here: a firing only requests a
 //! promotion; the runs it requests are the same runs the ladder tests drive on PostgreSQL.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,27 +18,9 @@ use sluice::schedule::timing::ManualClock;
 use sluice::schedule::{Outcome, Scheduler};
 use sluice::store::{Origin, SledStore, Store};
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// The example project with `dev_policy` as dev's policy file.
 fn project(dev_policy: &str) -> tempfile::TempDir {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(root.join("sluice.toml"), dir.path().join("sluice.toml")).unwrap();
-    copy_dir(&root.join("environments"), &dir.path().join("environments"));
-    copy_dir(&root.join("migrations"), &dir.path().join("migrations"));
-    copy_dir(&root.join("policies"), &dir.path().join("policies"));
+    let dir = common::example_copy();
     std::fs::write(dir.path().join("policies/dev.toml"), dev_policy).unwrap();
     dir
 }

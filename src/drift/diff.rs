@@ -2444,14 +2444,9 @@ mod tests {
     }
 
     fn corpora_dir() -> std::path::PathBuf {
-        if let Ok(d) = std::env::var("SLUICE_CORPORA_DIR") {
-            return d.into();
-        }
-        let rel = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpora");
-        if rel.is_dir() {
-            rel
-        } else {
-            "/work/shared/corpora".into()
+        match std::env::var("SLUICE_CORPORA") {
+            Ok(dir) => dir.into(),
+            Err(_) => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpora"),
         }
     }
 

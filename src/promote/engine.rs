@@ -530,30 +530,14 @@ impl Engine {
         request: &PromotionRequest,
     ) -> Result<Run> {
         let policy = loaded.policies.for_env(env);
-        let now = Utc::now();
-        let mut run = Run {
-            id: uuid::Uuid::new_v4().to_string(),
-            kind: RunKind::Promotion,
-            environment: env.to_string(),
-            release: release.hash.clone(),
-            head: release.head.clone(),
-            previous_release: self.store.environment_state(env)?.release,
-            requested_by: request.actor.clone(),
-            reason: request.reason.clone(),
-            created_at: now,
-            updated_at: now,
-            state: RunState::Queued,
-            transitions: Vec::new(),
-            plan: Vec::new(),
-            applied: Vec::new(),
-            snapshot: None,
-            approvals: Vec::new(),
-            measurements: Vec::new(),
-            health: None,
-            error: None,
-            rolls_back: None,
-            origin: request.origin.clone(),
-        };
+        let mut run = Run::promotion(
+            env,
+            release,
+            self.store.environment_state(env)?.release,
+            &request.actor,
+            request.reason.clone(),
+            request.origin.clone(),
+        );
         if matches!(policy.concurrency, crate::policy::PendingRule::Replace) {
             for older in runs
                 .iter()
@@ -822,42 +806,12 @@ impl Engine {
         let planned = planned?;
         let runs = self.store.runs()?;
         let now = Utc::now();
-        let probe = Run {
-            id: "(plan)".into(),
-            kind: RunKind::Promotion,
-            environment: env.into(),
-            release: release.hash.clone(),
-            head: release.head.clone(),
-            previous_release: None,
-            requested_by: actor.into(),
-            reason: None,
-            created_at: now,
-            updated_at: now,
-            state: RunState::Queued,
-            transitions: Vec::new(),
-            plan: Vec::new(),
-            applied: Vec::new(),
-            snapshot: None,
-            approvals: Vec::new(),
-            measurements: Vec::new(),
-            health: None,
-            error: None,
-            rolls_back: None,
-            origin: None,
-        };
-        let upstream_state;
-        let upstream_release;
-        let upstream = match &policy.from {
-            Some(from) => {
-                upstream_state = self.store.environment_state(from)?;
-                upstream_release = match &upstream_state.release {
-                    Some(h) => self.store.release(h)?,
-                    None => None,
-                };
-                Some((&upstream_state, upstream_release.as_ref()))
-            }
-            None => None,
-        };
+        let mut probe = Run::promotion(env, &release, None, actor, None, None);
+        probe.id = "(plan)".into();
+        let upstream = self.upstream_of(&policy)?;
+        let upstream = upstream
+            .as_ref()
+            .map(|(state, release)| (state, release.as_ref()));
         let names: Vec<String> = planned.plan.iter().map(|m| m.name.clone()).collect();
         let lint = crate::migrations::lint::lint_migrations(
             &loaded.set,
@@ -885,6 +839,23 @@ impl Engine {
             migrations: planned.plan,
             gates,
         })
+    }
+
+    /// The state and release of the environment feeding `policy`'s, for the upstream and soak
+    /// gates; `None` for an entry point.
+    fn upstream_of(
+        &self,
+        policy: &crate::policy::Policy,
+    ) -> Result<Option<(crate::store::EnvironmentState, Option<Release>)>> {
+        let Some(from) = &policy.from else {
+            return Ok(None);
+        };
+        let state = self.store.environment_state(from)?;
+        let release = match &state.release {
+            Some(hash) => self.store.release(hash)?,
+            None => None,
+        };
+        Ok(Some((state, release)))
     }
 
     /// The lint of the migrations `release` adds to what `env` is on (as sluice recorded it),
@@ -943,19 +914,10 @@ impl Engine {
                 let Some(release) = self.store.release(&run.release)? else {
                     continue;
                 };
-                let upstream_state;
-                let upstream_release;
-                let upstream = match &policy.from {
-                    Some(from) => {
-                        upstream_state = self.store.environment_state(from)?;
-                        upstream_release = match &upstream_state.release {
-                            Some(h) => self.store.release(h)?,
-                            None => None,
-                        };
-                        Some((&upstream_state, upstream_release.as_ref()))
-                    }
-                    None => None,
-                };
+                let upstream = self.upstream_of(&policy)?;
+                let upstream = upstream
+                    .as_ref()
+                    .map(|(state, release)| (state, release.as_ref()));
                 let lint = self.lint_for(&loaded, env, &release, &policy)?;
                 let closed = closed_gates(&GateInput {
                     policy: &policy,

@@ -313,6 +313,42 @@ pub enum Origin {
 }
 
 impl Run {
+    /// A promotion of `environment` to `release`, queued and not yet stored: every way a
+    /// promotion is asked for (API, CLI, Slack, schedule, hook, a plan's probe) starts here.
+    pub fn promotion(
+        environment: &str,
+        release: &Release,
+        previous_release: Option<String>,
+        requested_by: &str,
+        reason: Option<String>,
+        origin: Option<Origin>,
+    ) -> Run {
+        let now = Utc::now();
+        Run {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind: RunKind::Promotion,
+            environment: environment.to_string(),
+            release: release.hash.clone(),
+            head: release.head.clone(),
+            previous_release,
+            requested_by: requested_by.to_string(),
+            reason,
+            created_at: now,
+            updated_at: now,
+            state: RunState::Queued,
+            transitions: Vec::new(),
+            plan: Vec::new(),
+            applied: Vec::new(),
+            snapshot: None,
+            approvals: Vec::new(),
+            measurements: Vec::new(),
+            health: None,
+            error: None,
+            rolls_back: None,
+            origin,
+        }
+    }
+
     /// The run's number of state changes, used to tell API clients what they saw.
     pub fn version(&self) -> usize {
         self.transitions.len()

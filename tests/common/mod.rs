@@ -962,3 +962,29 @@ pub fn psql_reference_apply(db: &TestDb, migrations_dir: &Path) -> Vec<String> {
     }
     non_tx
 }
+
+/// Copies a directory tree (files and subdirectories).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A private copy of the shipped example project (SQLite environments), so tests never touch
+/// the repository's `.sluice/`.
+pub fn example_copy() -> tempfile::TempDir {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(root.join("sluice.toml"), dir.path().join("sluice.toml")).unwrap();
+    for sub in ["environments", "migrations", "policies"] {
+        copy_dir(&root.join(sub), &dir.path().join(sub));
+    }
+    dir
+}
