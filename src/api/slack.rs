@@ -536,9 +536,7 @@ async fn approve(
     comment: Option<String>,
     shown_release: Option<&str>,
 ) -> Result<Message, Error> {
-    let run = find_run(chatops, run)?;
-    require(caller, &run.environment, Role::Approver)?;
-    check_shown_release(&run, shown_release)?;
+    let run = run_to_decide(chatops, caller, run, shown_release)?;
     if run.approvals.iter().any(|a| a.by == caller.name) && run.state.is_waiting() {
         return Ok(Message::ephemeral(format!(
             "you already approved run {}; it is {}",
@@ -550,7 +548,6 @@ async fn approve(
         .engine
         .approve(&run.id, &caller.name, comment)
         .await?;
-    chatops.poke(&run.id);
     Ok(Message::ephemeral(format!(
         ":white_check_mark: {} approved run {} (`{}`, release {})",
         caller.name,
@@ -567,21 +564,32 @@ async fn reject(
     reason: Option<String>,
     shown_release: Option<&str>,
 ) -> Result<Message, Error> {
-    let run = find_run(chatops, run)?;
-    require(caller, &run.environment, Role::Approver)?;
-    check_shown_release(&run, shown_release)?;
+    let run = run_to_decide(chatops, caller, run, shown_release)?;
     let reason = reason.unwrap_or_else(|| format!("rejected in Slack by {}", caller.name));
     let run = chatops
         .engine
         .reject(&run.id, &caller.name, &reason)
         .await?;
-    chatops.poke(&run.id);
     Ok(Message::ephemeral(format!(
         ":no_entry_sign: {} rejected run {} (`{}`)",
         caller.name,
         short_hash(&run.id),
         run.environment
     )))
+}
+
+/// The run an approver decides on: found by id or prefix, the caller an approver of its
+/// environment, and, for a button, still bringing the release the button was shown for.
+fn run_to_decide(
+    chatops: &ChatOps,
+    caller: &Caller,
+    run: &str,
+    shown_release: Option<&str>,
+) -> Result<Run, Error> {
+    let run = find_run(chatops, run)?;
+    require(caller, &run.environment, Role::Approver)?;
+    check_shown_release(&run, shown_release)?;
+    Ok(run)
 }
 
 fn check_shown_release(run: &Run, shown_release: Option<&str>) -> Result<(), Error> {
@@ -722,7 +730,6 @@ async fn interaction(
             other => Err(Error::Usage(format!("unknown action `{other}`"))),
         };
         let message = result.unwrap_or_else(|err| Message::ephemeral(format!(":warning: {err}")));
-        chatops.poke(&run_id);
         if let (Some(url), Some(slack)) = (response_url, &chatops.slack) {
             if let Err(err) = slack.api.respond(&url, &message, false).await {
                 tracing::warn!(error = %err, "could not answer a Slack click");
