@@ -173,7 +173,11 @@ impl Scheduler {
         if let Some(slot) = due.fire {
             outcomes.push(self.fire(policy, rule, slot, due.late, now).await?);
         }
-        store.put_mark(&cursor_key, &json!({"at": now.to_rfc3339()}))?;
+        // Only a tick that handled slots moves the cursor: between slots there is nothing to
+        // record, and a flushed write every tick per schedule would be all cost.
+        if !outcomes.is_empty() {
+            store.put_mark(&cursor_key, &json!({"at": now.to_rfc3339()}))?;
+        }
         Ok(outcomes)
     }
 
