@@ -42,6 +42,10 @@ pub struct PgSnapshots {
     method: Method,
 }
 
+/// How long sessions on a database about to be copied may take to go away by themselves
+/// before they count as in the way (new ones are refused meanwhile).
+const CLOSING_GRACE: Duration = Duration::from_secs(2);
+
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -299,10 +303,17 @@ impl PgSnapshots {
         );
         Self::set_connections(conn, database, false).await?;
         let deadline = Instant::now() + Duration::from_secs(10);
+        // A connection a client has just closed stays in pg_stat_activity until its backend
+        // exits, a few milliseconds later; sluice's own (the plan read just before) is one.
+        let closing_grace = Instant::now() + CLOSING_GRACE;
         loop {
             let sessions = Self::sessions(conn, database).await?;
             if sessions.is_empty() {
                 return Ok(());
+            }
+            if !terminate && Instant::now() < closing_grace {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
             }
             if !terminate || Instant::now() > deadline {
                 Self::set_connections(conn, database, true).await?;
