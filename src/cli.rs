@@ -112,6 +112,9 @@ pub enum Command {
     Lint(LintArgs),
     /// Compare the live schemas of two environments (exit 0 same, 2 different, 1 error).
     Diff(drift::DiffArgs),
+    /// Compare an environment's live schema with the schema its applied migrations produce
+    /// (exit 0 same, 2 drifted, 1 error).
+    Drift(drift::DriftArgs),
 }
 
 /// `sluice lint`.
@@ -345,6 +348,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Schedules(args) => schedules_cmd(&project, args),
         Command::Lint(args) => lint_cmd(&project, args).await,
         Command::Diff(args) => drift::diff_cmd(&project, args).await,
+        Command::Drift(args) => drift::drift_cmd(&project, args).await,
         Command::Promote(args) => ladder::promote(&project, args).await,
         Command::Environments(args) => ladder::environments(&project, args).await,
         Command::Runs(args) => ladder::runs(&project, args).await,
@@ -948,9 +952,12 @@ fn schedules_cmd(project: &Project, args: SchedulesArgs) -> Result<u8> {
 
 async fn lint_cmd(project: &Project, args: LintArgs) -> Result<u8> {
     use crate::migrations::lint::{lint_migrations, LintOptions};
+    let mut options = LintOptions::default();
     let (set, pending) = match &args.env {
         Some(env) => {
             let mut loaded = load(project, env).await?;
+            options.server_major =
+                crate::drift::expected::postgres_major(&loaded.env.database_url()?).await?;
             let ctx = Context::new(&loaded.env, &loaded.set, loaded.target.as_ref())?;
             let status = apply::status(loaded.target.as_mut(), &ctx).await?;
             loaded.target.close().await?;
@@ -962,7 +969,7 @@ async fn lint_cmd(project: &Project, args: LintArgs) -> Result<u8> {
         }
         None => (migrations::discover(&project.migrations_dir)?, None),
     };
-    let report = lint_migrations(&set, pending.as_deref(), LintOptions::default());
+    let report = lint_migrations(&set, pending.as_deref(), options);
     if args.json {
         say!(
             "{}",

@@ -13,8 +13,10 @@ use toml::Spanned;
 use crate::error::{Error, Result};
 
 pub mod chatops;
+pub mod drift;
 
 pub use chatops::ChatOpsConfig;
+pub use drift::{DriftConfig, EnvDriftConfig, ShadowConfig};
 
 /// Name of the project file at the project's root.
 pub const PROJECT_FILE: &str = "sluice.toml";
@@ -34,6 +36,8 @@ pub struct Project {
     pub daemon: DaemonConfig,
     /// Slack, notifications and the inbound release hook.
     pub chatops: ChatOpsConfig,
+    /// What drift comparisons leave out.
+    pub drift: DriftConfig,
 }
 
 /// The `[daemon]` section of `sluice.toml`.
@@ -73,6 +77,7 @@ struct RawProject {
     #[serde(default)]
     notify: Vec<chatops::RawNotify>,
     hooks: Option<Spanned<chatops::RawHooks>>,
+    drift: Option<drift::RawProjectDrift>,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +138,8 @@ pub struct Environment {
     pub snapshot: Option<SnapshotConfig>,
     /// Checks that decide whether the environment is healthy after a run (`[[health]]`).
     pub health: Vec<crate::health::HealthCheck>,
+    /// Where its expected schema is built and what its drift checks leave out.
+    pub drift: EnvDriftConfig,
     /// The project's state directory (local snapshots, dumps, the store).
     pub state_dir: PathBuf,
     project_root: PathBuf,
@@ -286,6 +293,7 @@ struct RawEnvironment {
     history: Option<Spanned<HistoryMode>>,
     snapshot: Option<RawSnapshot>,
     health: Option<Vec<crate::health::RawHealthCheck>>,
+    drift: Option<drift::RawEnvDrift>,
 }
 
 /// Default wait for the migration lock and for DDL locks on the server.
@@ -399,12 +407,14 @@ impl Project {
             root.join(p)
         };
         let chatops = chatops::parse(&ctx, root, raw.slack, raw.notify, raw.hooks)?;
+        let drift = drift::parse_project(&ctx, raw.drift)?;
         Ok(Project {
             root: root.to_path_buf(),
             migrations_dir: resolve(raw.migrations, "migrations"),
             state_dir: resolve(raw.state_dir, ".sluice"),
             daemon,
             chatops,
+            drift,
         })
     }
 
@@ -527,6 +537,7 @@ impl Environment {
             history: raw.history.map(Spanned::into_inner),
             snapshot,
             health: crate::health::parse_checks(raw.health.unwrap_or_default(), path, text)?,
+            drift: drift::parse_env(&ctx, raw.drift, project_root)?,
             state_dir: project_root.join(".sluice"),
             project_root: project_root.to_path_buf(),
         })

@@ -1,6 +1,7 @@
-//! `sluice diff` between live environments on real PostgreSQL: a lagging environment and a
-//! hand-made change are reported exactly, `--sql` makes the left side match, and a bad
-//! environment is an error (exit 1), not a difference (exit 2).
+//! `sluice diff` between live environments and `sluice drift` against the expected schema, on
+//! real PostgreSQL: a lagging environment and each kind of hand-made change are reported
+//! exactly, `--sql` makes the left side match, an untouched database (every corpus) reports
+//! nothing, and a bad environment is an error (exit 1), not a difference (exit 2).
 
 mod common;
 
@@ -92,4 +93,242 @@ fn diff_reports_what_a_lagging_environment_lacks_and_its_sql_closes_the_gap() {
         "{}",
         output_text(&out)
     );
+}
+
+/// The schema the hand-change cases start from: one migration with an enum, a view, a trigger
+/// function and columns to change.
+const BASE_MIGRATION: &str = "\
+CREATE TYPE mood AS ENUM ('happy', 'sad', 'ok');
+CREATE TABLE people (
+    id serial PRIMARY KEY,
+    name text NOT NULL,
+    note text,
+    mood mood NOT NULL DEFAULT 'ok',
+    age integer DEFAULT 0
+);
+CREATE VIEW adults AS SELECT id, name FROM people WHERE age >= 18;
+CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+";
+
+const DRIFT_TOML: &str = "[drift]\nscratch_databases = true\n";
+
+/// (environment, the change made by hand, kind, name, change) of every case.
+const HAND_CHANGES: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "add_column",
+        "ALTER TABLE people ADD COLUMN nickname text;",
+        "column",
+        "public.people.nickname",
+        "removed",
+    ),
+    (
+        "drop_column",
+        "ALTER TABLE people DROP COLUMN note;",
+        "column",
+        "public.people.note",
+        "added",
+    ),
+    (
+        "alter_column",
+        "ALTER TABLE people ALTER COLUMN note TYPE varchar(200);",
+        "column",
+        "public.people.note",
+        "changed",
+    ),
+    (
+        "drop_enum_label",
+        "ALTER TYPE mood RENAME TO mood_old;
+         CREATE TYPE mood AS ENUM ('happy', 'ok');
+         ALTER TABLE people ALTER COLUMN mood DROP DEFAULT;
+         ALTER TABLE people ALTER COLUMN mood TYPE mood USING mood::text::mood;
+         ALTER TABLE people ALTER COLUMN mood SET DEFAULT 'ok';
+         DROP TYPE mood_old;",
+        "enum",
+        "public.mood",
+        "changed",
+    ),
+    (
+        "add_index",
+        "CREATE INDEX people_name_idx ON people (name);",
+        "index",
+        "public.people.people_name_idx",
+        "removed",
+    ),
+    (
+        "change_default",
+        "ALTER TABLE people ALTER COLUMN age SET DEFAULT 1;",
+        "column",
+        "public.people.age",
+        "changed",
+    ),
+    (
+        "alter_view",
+        "CREATE OR REPLACE VIEW adults AS SELECT id, name FROM people WHERE age >= 21;",
+        "view",
+        "public.adults",
+        "changed",
+    ),
+    (
+        "add_trigger",
+        "CREATE TRIGGER people_touch BEFORE UPDATE ON people FOR EACH ROW EXECUTE FUNCTION touch();",
+        "trigger",
+        "public.people.people_touch",
+        "removed",
+    ),
+];
+
+fn differences_of(out: &std::process::Output) -> Vec<serde_json::Value> {
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", output_text(out)));
+    doc["differences"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn drift_reports_exactly_each_change_made_by_hand_and_its_sql_undoes_it() {
+    let server = pg();
+    let mut project = Project::with_local_migrations(&[], "");
+    project.add_migration("20240101000000_base", BASE_MIGRATION);
+    let mut dbs = Vec::new();
+    for name in std::iter::once("untouched").chain(HAND_CHANGES.iter().map(|c| c.0)) {
+        let db = server.create_db(&format!("drift_{name}"));
+        project.add_env(name, &db.url, DRIFT_TOML);
+        project.run_ok(&["apply", "--env", name]);
+        dbs.push((name, db));
+    }
+    let db = |name: &str| &dbs.iter().find(|(n, _)| *n == name).unwrap().1;
+
+    let out = project.run(&["drift", "--env", "untouched"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(
+        stdout(&out)
+            .contains("`untouched` matches the expected schema of its 1 applied migration(s)"),
+        "{}",
+        output_text(&out)
+    );
+    let scratch_left = db("untouched")
+        .psql_i64("SELECT count(*) FROM pg_database WHERE datname LIKE 'sluice_shadow_%'");
+    assert_eq!(
+        scratch_left, 0,
+        "the scratch database is dropped after the build"
+    );
+
+    for (env, change, kind, name, verb) in HAND_CHANGES {
+        db(env).psql(change);
+        let out = project.run(&["drift", "--env", env, "--json"]);
+        assert_eq!(out.status.code(), Some(2), "{env}: {}", output_text(&out));
+        let found = differences_of(&out);
+        assert_eq!(found.len(), 1, "{env}: exactly one difference: {found:#?}");
+        assert_eq!(found[0]["kind"], *kind, "{env}: {found:#?}");
+        assert_eq!(found[0]["name"], *name, "{env}: {found:#?}");
+        assert_eq!(found[0]["change"], *verb, "{env}: {found:#?}");
+
+        let human = stdout(&project.run(&["drift", "--env", env]));
+        assert!(
+            human.contains("`") && human.contains("drifted: 1 difference(s)"),
+            "{env}: {human}"
+        );
+
+        let out = project.run(&["drift", "--env", env, "--sql"]);
+        assert_eq!(out.status.code(), Some(2), "{env}: {}", output_text(&out));
+        db(env).psql(&stdout(&out));
+        let out = project.run(&["drift", "--env", env]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{env}: after the --sql script: {}",
+            output_text(&out)
+        );
+    }
+}
+
+#[test]
+fn drift_needs_a_place_to_build_and_ignores_what_the_config_says() {
+    let server = pg();
+    let db = server.create_db("drift_config");
+    let mut project = Project::with_local_migrations(&[], "");
+    project.add_migration("20240101000000_base", BASE_MIGRATION);
+    project.add_env("nowhere", &db.url, "");
+    project.run_ok(&["apply", "--env", "nowhere"]);
+    let out = project.run(&["drift", "--env", "nowhere"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("has nowhere to build its expected schema"),
+        "{}",
+        output_text(&out)
+    );
+
+    let out = project.run(&["drift", "--env", "missing"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+
+    // A table and a column managed outside migrations, left out by configuration.
+    project.add_env(
+        "configured",
+        &db.url,
+        "[drift]\nscratch_databases = true\nignore_objects = [\"public.people.legacy\"]\n",
+    );
+    std::fs::write(
+        project.path().join("sluice.toml"),
+        "migrations = \"migrations\"\n[drift]\nignore_tables = [\"audit\"]\n",
+    )
+    .unwrap();
+    db.psql("CREATE TABLE audit (id int); ALTER TABLE people ADD COLUMN legacy int;");
+    let out = project.run(&["drift", "--env", "configured"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    db.psql("ALTER TABLE people ADD COLUMN extra int;");
+    let out = project.run(&["drift", "--env", "configured", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    let found = differences_of(&out);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0]["name"], "public.people.extra");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc["expected"], "cache",
+        "the second check uses the cached expected schema"
+    );
+}
+
+fn corpora_dir() -> std::path::PathBuf {
+    match std::env::var_os("SLUICE_CORPORA") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpora"),
+    }
+}
+
+#[test]
+#[ignore = "needs ../shared/corpora"]
+fn drift_reports_nothing_on_every_untouched_corpus() {
+    let dir = corpora_dir();
+    let mut corpora: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("corpora at {}: {e}", dir.display()))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("migrations").is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    corpora.sort();
+    assert!(corpora.len() >= 8, "{corpora:?}");
+    let server = pg();
+    for corpus in corpora {
+        let migrations = dir.join(&corpus).join("migrations");
+        let db = server.create_db(&format!("drift_corpus_{corpus}"));
+        let mut project = Project::new(&migrations, &[]);
+        project.add_env("live", &db.url, DRIFT_TOML);
+        let started = std::time::Instant::now();
+        project.run_ok(&["apply", "--env", "live"]);
+        let applied = started.elapsed();
+        let started = std::time::Instant::now();
+        let out = project.run(&["drift", "--env", "live", "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{corpus}: an untouched database drifted: {}",
+            output_text(&out)
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(doc["expected"], "built", "{corpus}");
+        eprintln!(
+            "{corpus}: {} migrations applied in {applied:?}; drift (shadow build + compare) {:?}",
+            doc["applied"],
+            started.elapsed()
+        );
+    }
 }

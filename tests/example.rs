@@ -247,3 +247,28 @@ fn lint_reports_risky_statements_of_pending_migrations_and_honours_silencing() {
     let out = sluice(dir.path(), &["lint", "--env", "dev"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+#[test]
+fn drift_on_sqlite_builds_the_expected_schema_in_a_temporary_file() {
+    let dir = example_copy();
+    let out = sluice(dir.path(), &["apply", "--env", "dev"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = sluice(dir.path(), &["drift", "--env", "dev"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("`dev` matches the expected schema of its 4 applied migration(s)"),
+        "{out:?}"
+    );
+    let db = dir.path().join(".sluice/dev.db");
+    query(&db, "ALTER TABLE \"User\" ADD COLUMN \"nickname\" TEXT");
+    let out = sluice(dir.path(), &["drift", "--env", "dev", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let differences = report["differences"].as_array().unwrap();
+    assert_eq!(differences.len(), 1, "{report}");
+    assert_eq!(differences[0]["kind"], "column");
+    assert_eq!(differences[0]["name"], "main.\"User\".nickname", "{report}");
+    assert_eq!(differences[0]["change"], "removed", "{report}");
+    assert_eq!(report["applied"], 4);
+}

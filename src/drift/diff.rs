@@ -90,6 +90,7 @@ pub struct Difference {
     /// Qualified name: `public.users`, `public.users.email` (column),
     /// `public.users.users_pkey` (constraint/index/trigger), `public.f(integer)`.
     pub name: String,
+    #[serde(flatten)]
     pub change: Change,
     /// Short description of an added/removed object for humans (column type
     /// and modifiers, index/constraint definition, enum labels, …).

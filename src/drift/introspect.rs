@@ -174,8 +174,9 @@ async fn run_batch(
     }
     stats.round_trips += 1;
     let started = Instant::now();
-    let rows = sqlx::raw_sql(&batch)
-        .fetch_all(tx)
+    // Called through the connection (not `raw_sql(..).fetch_all(conn)`), so the future stays
+    // `Send` for every lifetime and the daemon can run introspection on its tasks.
+    let rows = sqlx::Executor::fetch_all(tx, sqlx::raw_sql(&batch))
         .await
         .map_err(|source| IntrospectError::Query {
             kind: "catalog batch",
