@@ -103,6 +103,13 @@ pub async fn serve(root: &Path, options: ServeOptions) -> Result<()> {
         )
         .run(),
     );
+    let drift_scanner = tokio::spawn(
+        crate::drift::scan::DriftScanner::new(
+            engine.clone(),
+            Arc::new(crate::schedule::timing::SystemClock),
+        )
+        .run(),
+    );
     let state = Arc::new(ApiState::new(engine.clone(), tokens, tokens_path));
     let app = router(state).merge(crate::api::slack::routes(chatops.clone()));
     let served = axum::serve(listener, app)
@@ -112,6 +119,7 @@ pub async fn serve(root: &Path, options: ServeOptions) -> Result<()> {
     engine.shutdown().await;
     let _ = ticker.await;
     let _ = scheduler.await;
+    let _ = drift_scanner.await;
     chatops
         .notifier
         .shutdown(std::time::Duration::from_secs(5))

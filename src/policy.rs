@@ -82,6 +82,11 @@ pub struct Policy {
     pub schedule: Option<ScheduleRule>,
     /// Which lint findings in the migrations a promotion brings stop it or need an approval.
     pub lint: LintPolicy,
+    /// What drift found just before a run does to it (`drift = "off" | "warn" | "block"`).
+    pub drift: DriftRule,
+    /// When the daemon compares the environment with its expected schema on its own
+    /// (`drift_scan = { schedule = "<cron>", timezone = "UTC" }`).
+    pub drift_scan: Option<DriftScan>,
     /// The file the policy was read from; `None` for a default policy.
     pub source: Option<PathBuf>,
 }
@@ -94,6 +99,39 @@ pub struct LintPolicy {
     pub block: Vec<LintRule>,
     /// Rules whose findings make the run wait for one approval even where none is required.
     pub require_approval: Vec<LintRule>,
+}
+
+/// What a difference between the live schema and the expected one does to a run about to
+/// start. With `warn` and `block` the daemon checks before every run that would change the
+/// database; either way the diff goes to the event log and the notification sinks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftRule {
+    /// No check before runs.
+    #[default]
+    Off,
+    /// Record and announce the drift, then run.
+    Warn,
+    /// Record and announce the drift and halt the run before it changes anything.
+    Block,
+}
+
+/// A periodic drift scan: at each firing the daemon compares the environment with its expected
+/// schema, records the result, and announces it when it differs from the last scan's.
+#[derive(Debug, Clone)]
+pub struct DriftScan {
+    /// The cron line and its time zone.
+    pub cron: CronSchedule,
+}
+
+impl Serialize for DriftScan {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = serializer.serialize_struct("DriftScan", 2)?;
+        out.serialize_field("schedule", &self.cron.expression)?;
+        out.serialize_field("timezone", self.cron.timezone.name())?;
+        out.end()
+    }
 }
 
 /// A cron schedule that requests a promotion at each firing, so a team can promote on a rhythm
@@ -677,6 +715,15 @@ struct RawPolicy {
     starting_deadline: Option<Spanned<String>>,
     on_closed_window: Option<Spanned<String>>,
     lint: Option<RawLint>,
+    drift: Option<Spanned<String>>,
+    drift_scan: Option<RawDriftScan>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDriftScan {
+    schedule: Spanned<String>,
+    timezone: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -851,6 +898,35 @@ fn parse_policy(path: &Path, text: &str, environments: &[String]) -> Result<(Pol
         },
         None => LintPolicy::default(),
     };
+    let drift = match &raw.drift {
+        Some(value) => match value.get_ref().trim() {
+            "off" => DriftRule::Off,
+            "warn" => DriftRule::Warn,
+            "block" => DriftRule::Block,
+            other => {
+                return Err(ctx.at(
+                    "drift",
+                    value,
+                    format!(
+                        "`{other}` is not a drift rule; expected \"off\", \"warn\" or \"block\""
+                    ),
+                ))
+            }
+        },
+        None => DriftRule::Off,
+    };
+    let drift_scan = match &raw.drift_scan {
+        Some(scan) => {
+            let timezone = match &scan.timezone {
+                Some(value) => parse_timezone(&ctx, "drift_scan.timezone", value)?,
+                None => Tz::UTC,
+            };
+            let cron = CronSchedule::new(scan.schedule.get_ref().trim(), timezone)
+                .map_err(|message| ctx.at("drift_scan.schedule", &scan.schedule, message))?;
+            Some(DriftScan { cron })
+        }
+        None => None,
+    };
     let approvals = match raw.approvals {
         Some(raw) => parse_approvals(&ctx, raw)?,
         None => ApprovalRule::default(),
@@ -891,6 +967,8 @@ fn parse_policy(path: &Path, text: &str, environments: &[String]) -> Result<(Pol
         rollback,
         schedule,
         lint,
+        drift,
+        drift_scan,
         source: Some(path.to_path_buf()),
     };
     Ok((policy, lines))
@@ -1255,6 +1333,8 @@ impl Policy {
             rollback: RollbackPolicy::default(),
             schedule: None,
             lint: LintPolicy::default(),
+            drift: DriftRule::Off,
+            drift_scan: None,
             source: None,
         }
     }
@@ -2407,6 +2487,41 @@ on_inconclusive = "rollback"
             (
                 "environment = \"prod\"\nlint = { block = [\"drop-everything\"] }\n",
                 ":2: key `lint.block`: `drop-everything` is not a lint rule",
+            ),
+        ] {
+            let message = parse(text).unwrap_err().to_string();
+            assert!(message.contains(needle), "{text:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn drift_rules_and_scans_parse_and_bad_ones_name_their_key() {
+        let envs = ["prod".to_string()];
+        let parse = |text: &str| Policies::parse_file(Path::new("policies/prod.toml"), text, &envs);
+        let default = parse("environment = \"prod\"\n").unwrap();
+        assert_eq!(default.drift, DriftRule::Off);
+        assert!(default.drift_scan.is_none());
+        let policy = parse(
+            "environment = \"prod\"\ndrift = \"block\"\n\
+             drift_scan = { schedule = \"0 * * * *\", timezone = \"Europe/Berlin\" }\n",
+        )
+        .unwrap();
+        assert_eq!(policy.drift, DriftRule::Block);
+        let scan = policy.drift_scan.expect("scan");
+        assert_eq!(scan.cron.timezone, chrono_tz::Europe::Berlin);
+        assert_eq!(scan.cron.expression, "0 * * * *");
+        for (text, needle) in [
+            (
+                "environment = \"prod\"\ndrift = \"loud\"\n",
+                "prod.toml:2: key `drift`: `loud` is not a drift rule",
+            ),
+            (
+                "environment = \"prod\"\ndrift_scan = { schedule = \"0 * *\" }\n",
+                ":2: key `drift_scan.schedule`",
+            ),
+            (
+                "environment = \"prod\"\ndrift_scan = { schedule = \"@hourly\", timezone = \"Nowhere\" }\n",
+                ":2: key `drift_scan.timezone`",
             ),
         ] {
             let message = parse(text).unwrap_err().to_string();

@@ -1,6 +1,7 @@
 //! The promotion daemon end to end on real PostgreSQL with pg-template snapshots: a release
 //! moving dev → staging → prod through soak, approval and window gates; a failing health check
-//! rolled back by snapshot and by down scripts; two requests at once; two daemons on one store.
+//! rolled back by snapshot and by down scripts; two requests at once; two daemons on one store;
+//! a run halted by drift and the periodic drift scan.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 use chrono::{Timelike, Utc};
 use common::daemon::*;
 use common::ladder::*;
+use common::slack::SlackServer;
 use common::*;
 use serde_json::Value;
 
@@ -684,5 +686,203 @@ fn lint_findings_block_a_run_or_make_it_wait_for_an_approval_as_the_policy_says(
             .psql_try("SELECT 1 FROM _prisma_migrations")
             .is_err(),
         "staging untouched"
+    );
+}
+
+/// Appends to a file of the project (an environment's `[drift]`, sluice.toml's `[[notify]]`).
+fn append(path: &std::path::Path, text: &str) {
+    let mut existing = std::fs::read_to_string(path).unwrap();
+    existing.push_str(text);
+    std::fs::write(path, existing).unwrap();
+}
+
+/// The actions of an environment's events, oldest first, with their details.
+fn events_of(daemon: &Daemon, env: &str) -> Vec<Value> {
+    let (_, events) = daemon.get(&format!("/v1/events?environment={env}"), Some(DEPLOYER));
+    events.as_array().cloned().unwrap_or_default()
+}
+
+fn wait_for_event(
+    daemon: &Daemon,
+    env: &str,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = events_of(daemon, env);
+        if done(&events) {
+            return events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}; events: {events:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn count_action(events: &[Value], action: &str) -> usize {
+    events.iter().filter(|e| e["action"] == action).count()
+}
+
+/// A ladder whose dev has `dev_policy` (one line), builds its expected schema in scratch
+/// databases, and notifies a recording webhook (`notify_extra`: more keys of the sink).
+fn drift_ladder(prefix: &str, dev_policy: &str, notify_extra: &str) -> (Ladder, SlackServer) {
+    let sink = SlackServer::start();
+    let ladder = Ladder::new(prefix, &[]);
+    ladder.policy("dev", &format!("environment = \"dev\"\n{dev_policy}\n"));
+    append(
+        &ladder.project.env_file("dev"),
+        "\n[drift]\nscratch_databases = true\n",
+    );
+    append(
+        &ladder.project.path().join("sluice.toml"),
+        &format!(
+            "\n[[notify]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"{}/hook/ops\"\n{notify_extra}",
+            sink.base
+        ),
+    );
+    (ladder, sink)
+}
+
+#[test]
+fn drift_blocks_a_run_with_the_diff_in_the_event_log_and_the_notification() {
+    let (ladder, sink) = drift_ladder("driftblock", "drift = \"block\"", "");
+    ladder
+        .project
+        .run_ok(&["apply", "--env", "dev", "--to", M1]);
+    ladder
+        .db("dev")
+        .psql("ALTER TABLE users ADD COLUMN hack integer;");
+    let daemon = Daemon::start(&ladder.project, &[]);
+
+    let (status, created) = daemon.post("/v1/promotions", Some(DEPLOYER), r#"{"to": "dev"}"#);
+    assert_eq!(status, 202, "{created}");
+    let run = only_run(&daemon, "dev", |r| state_of(r) == "halted");
+    let reason = run["state"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("`dev` drifted: 1 difference(s)"), "{run}");
+    assert!(reason.contains("column hack"), "{run}");
+    assert!(
+        ladder.db("dev").psql_try("SELECT 1 FROM orders").is_err(),
+        "nothing was applied"
+    );
+    assert!(run["snapshot"].is_null(), "no snapshot was taken: {run}");
+
+    let events = events_of(&daemon, "dev");
+    let detected: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["action"] == "drift.detected")
+        .collect();
+    assert_eq!(detected.len(), 1, "{events:#?}");
+    assert_eq!(detected[0]["run_id"], run["id"]);
+    let diff = detected[0]["detail"]["diff"].as_str().unwrap_or_default();
+    assert!(
+        diff.contains("table public.users:") && diff.contains("- column hack"),
+        "{diff}"
+    );
+    let differences = detected[0]["detail"]["report"]["differences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(differences.len(), 1, "{differences:?}");
+    assert_eq!(differences[0]["name"], "public.users.hack");
+
+    let calls = sink.wait_for("the drift notification", Duration::from_secs(20), |calls| {
+        calls
+            .iter()
+            .any(|c| c.kind == "hook/ops" && c.body["event"] == "drift.detected")
+            && calls
+                .iter()
+                .any(|c| c.kind == "hook/ops" && c.body["event"] == "run.halted")
+    });
+    let notice = calls
+        .iter()
+        .find(|c| c.body["event"] == "drift.detected")
+        .unwrap();
+    assert_eq!(notice.body["environment"], "dev");
+    assert_eq!(notice.body["run_id"], run["id"]);
+    assert!(
+        notice.body["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("- column hack"),
+        "{}",
+        notice.body
+    );
+
+    // Put the database back as its migrations say, then resume: the check passes and the run
+    // goes through.
+    ladder.db("dev").psql("ALTER TABLE users DROP COLUMN hack;");
+    let id = run["id"].as_str().unwrap();
+    let (status, body) = daemon.post(&format!("/v1/runs/{id}/resume"), Some(DEPLOYER), "{}");
+    assert_eq!(status, 200, "{body}");
+    daemon.wait_run(id, DEPLOYER, Duration::from_secs(60), |r| {
+        state_of(r) == "succeeded"
+    });
+    let events = events_of(&daemon, "dev");
+    assert_eq!(count_action(&events, "drift.checked"), 1, "{events:#?}");
+    assert_eq!(ladder.db("dev").psql("SELECT count(*) FROM orders"), "0");
+}
+
+#[test]
+fn a_drift_scan_records_every_look_and_announces_only_changes() {
+    let (ladder, sink) = drift_ladder(
+        "driftscan",
+        "drift_scan = { schedule = \"* * * * * *\" }",
+        "events = [\"drift.detected\", \"drift.resolved\"]\n",
+    );
+    ladder
+        .project
+        .run_ok(&["apply", "--env", "dev", "--to", M2]);
+    let daemon = Daemon::start(&ladder.project, &[]);
+
+    wait_for_event(&daemon, "dev", "two clean scans", |events| {
+        count_action(events, "drift.scanned") >= 2
+    });
+    ladder
+        .db("dev")
+        .psql("CREATE INDEX orders_user_idx ON orders (user_id);");
+    sink.wait_for("drift.detected", Duration::from_secs(30), |calls| {
+        calls.iter().any(|c| c.body["event"] == "drift.detected")
+    });
+    let seen = count_action(&events_of(&daemon, "dev"), "drift.scanned");
+    wait_for_event(&daemon, "dev", "three more scans", |events| {
+        count_action(events, "drift.scanned") >= seen + 3
+    });
+    let detected: Vec<_> = sink
+        .calls()
+        .into_iter()
+        .filter(|c| c.body["event"] == "drift.detected")
+        .collect();
+    assert_eq!(detected.len(), 1, "the same drift is announced once");
+    assert!(
+        detected[0].body["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("index orders_user_idx"),
+        "{}",
+        detected[0].body
+    );
+
+    ladder.db("dev").psql("DROP INDEX orders_user_idx;");
+    sink.wait_for("drift.resolved", Duration::from_secs(30), |calls| {
+        calls.iter().any(|c| c.body["event"] == "drift.resolved")
+    });
+    let events = events_of(&daemon, "dev");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "drift.scanned" && e["detail"]["changed"] == true),
+        "{events:#?}"
+    );
+    assert_eq!(
+        sink.calls().len(),
+        2,
+        "only the two changes were announced: {:?}",
+        sink.calls()
+            .iter()
+            .map(|c| c.body["event"].clone())
+            .collect::<Vec<_>>()
     );
 }

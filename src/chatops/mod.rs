@@ -24,7 +24,7 @@ use crate::config::chatops::{SinkKindConfig, SlackUser};
 use crate::config::Project;
 use crate::error::{Error, Result};
 use crate::notify::{Notification, Notifier, NotifyOptions, Sink, SinkKind};
-use crate::promote::engine::{Engine, RunListener};
+use crate::promote::engine::{DriftNotice, Engine, RunListener};
 use crate::store::records::short_hash;
 use crate::store::{Origin, Run, RunState};
 
@@ -210,7 +210,8 @@ struct NotifyListener {
 
 impl RunListener for NotifyListener {
     fn run_changed(&self, run: &Run) {
-        if !run.state.is_final() {
+        // A halted run waits for a person, so it is announced like a finished one.
+        if !(run.state.is_final() || matches!(run.state, RunState::Halted { .. })) {
             return;
         }
         let event = format!("run.{}", run.state.name());
@@ -226,6 +227,46 @@ impl RunListener for NotifyListener {
             detail: serde_json::to_value(run).unwrap_or(Value::Null),
         });
     }
+
+    fn drift_found(&self, notice: &DriftNotice) {
+        let release = notice.report["release"].as_str().unwrap_or_default();
+        self.notifier.notify(Notification {
+            event: notice.event.clone(),
+            environment: notice.environment.clone(),
+            run_id: notice.run_id.clone().unwrap_or_default(),
+            release: short_hash(release).to_string(),
+            head: notice.report["head"].as_str().map(String::from),
+            state: notice.summary.clone(),
+            text: format!(
+                "{}\n{}",
+                notice.summary,
+                clip(&notice.diff, DRIFT_TEXT_LIMIT)
+            ),
+            at: chrono::Utc::now(),
+            detail: serde_json::to_value(notice).unwrap_or(Value::Null),
+        });
+    }
+}
+
+/// How much of a diff goes into a notification's text (Slack truncates long messages); the
+/// whole report is in the notification's detail and the event log.
+const DRIFT_TEXT_LIMIT: usize = 2500;
+
+/// The first `limit` bytes of `text` at a line boundary, with a note when something was cut.
+fn clip(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_string();
+    }
+    let mut cut = limit;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let cut = text[..cut].rfind('\n').map(|i| i + 1).unwrap_or(cut);
+    format!(
+        "{}… ({} more bytes; see the event log)",
+        &text[..cut],
+        text.len() - cut
+    )
 }
 
 /// Queues run ids for the Slack worker.

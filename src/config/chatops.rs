@@ -152,12 +152,14 @@ pub(super) struct RawHooks {
 }
 
 /// Event names a `[[notify]]` entry may ask for.
-pub const NOTIFY_EVENTS: [&str; 5] = [
+pub const NOTIFY_EVENTS: [&str; 7] = [
     "run.succeeded",
     "run.rolled_back",
     "run.halted",
     "run.cancelled",
     "run.rejected",
+    "drift.detected",
+    "drift.resolved",
 ];
 
 fn secret(

@@ -191,6 +191,28 @@ pub struct Counters {
 pub trait RunListener: Send + Sync {
     /// The run as it is now stored.
     fn run_changed(&self, run: &Run);
+
+    /// A drift check (before a run, or a periodic scan) found something worth announcing.
+    fn drift_found(&self, _notice: &DriftNotice) {}
+}
+
+/// What a drift check announces: the environment, the run it stopped or warned (none for a
+/// scan), and the differences in words and as data.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DriftNotice {
+    /// `drift.detected` (differences found or changed) or `drift.resolved` (gone since the
+    /// last scan).
+    pub event: String,
+    /// The environment checked.
+    pub environment: String,
+    /// The run about to start, for a check before a run.
+    pub run_id: Option<String>,
+    /// One line.
+    pub summary: String,
+    /// The differences for people, grouped by table.
+    pub diff: String,
+    /// The report (differences as data, the applied head, the release hash).
+    pub report: serde_json::Value,
 }
 
 /// The engine. Shared between the HTTP server, the ticker and the drivers.
@@ -262,6 +284,17 @@ impl Engine {
         };
         for listener in listeners {
             listener.run_changed(run);
+        }
+    }
+
+    /// Tells every listener about a drift check's finding.
+    pub fn announce_drift(&self, notice: &DriftNotice) {
+        let listeners = match self.listeners.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        for listener in listeners {
+            listener.drift_found(notice);
         }
     }
 

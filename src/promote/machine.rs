@@ -10,17 +10,19 @@ use serde_json::json;
 
 use crate::apply::{self, revert, ApplyOptions, Context, Observer, State};
 use crate::config::Environment;
+use crate::drift::check::check_environment;
+use crate::drift::expected::Cache;
 use crate::error::{Error, Result};
 use crate::health::{self, HealthOutcome, Measurement};
 use crate::migrations::classify::TxMode;
-use crate::policy::{FailureAction, InconclusiveAction, Policy, RollbackMethod};
+use crate::policy::{DriftRule, FailureAction, InconclusiveAction, Policy, RollbackMethod};
 use crate::snapshot::{self, Quiet};
 use crate::store::{
     EnvironmentState, RecordedMeasurement, Release, ReleaseOnEnvironment, Run, RunKind, RunState,
 };
 use crate::target;
 
-use super::engine::{Engine, Loaded, MACHINE_ACTOR};
+use super::engine::{DriftNotice, Engine, Loaded, MACHINE_ACTOR};
 use super::Request;
 
 /// How many earlier releases an environment's state keeps.
@@ -125,6 +127,12 @@ async fn locked(engine: &Arc<Engine>, loaded: &Loaded, run: &mut Run) -> Result<
     if run.plan.is_empty() {
         return engine.transition(run, RunState::Verifying, MACHINE_ACTOR);
     }
+    let rule = loaded.policies.for_env(&run.environment).drift;
+    if run.kind == RunKind::Promotion && rule != DriftRule::Off {
+        if let Some(reason) = check_drift(engine, loaded, &env, run, rule).await? {
+            return halt(engine, run, reason);
+        }
+    }
     if env.snapshot.is_some() {
         let provider = match snapshot::provider_for(&env).await {
             Ok(p) => p,
@@ -160,6 +168,79 @@ async fn locked(engine: &Arc<Engine>, loaded: &Loaded, run: &mut Run) -> Result<
         }
     }
     engine.transition(run, RunState::Snapshotted, MACHINE_ACTOR)
+}
+
+/// Compares the environment with the expected schema of what it has applied, before the run
+/// changes anything. Returns why the run must stop, if it must. Whatever is found is in the
+/// event log and, when it differs, announced to the listeners (notifications).
+async fn check_drift(
+    engine: &Arc<Engine>,
+    loaded: &Loaded,
+    env: &Environment,
+    run: &Run,
+    rule: DriftRule,
+) -> Result<Option<String>> {
+    let cache = Cache {
+        store: engine.store(),
+        rebuild: false,
+    };
+    let blocking = rule == DriftRule::Block;
+    match check_environment(env, &loaded.set, &loaded.project.drift, Some(cache)).await {
+        Ok(report) if report.is_clean() => {
+            engine.event(
+                MACHINE_ACTOR,
+                "drift.checked",
+                &run.environment,
+                Some(&run.id),
+                Some(&report.summary()),
+                json!({ "release": report.release, "head": report.head, "expected": report.expected }),
+            )?;
+            Ok(None)
+        }
+        Ok(report) => {
+            let summary = report.summary();
+            let human = report.human();
+            let document = serde_json::to_value(&report).unwrap_or_default();
+            engine.event(
+                MACHINE_ACTOR,
+                "drift.detected",
+                &run.environment,
+                Some(&run.id),
+                Some(&summary),
+                json!({ "rule": rule, "diff": human, "report": document }),
+            )?;
+            engine.announce_drift(&DriftNotice {
+                event: "drift.detected".into(),
+                environment: run.environment.clone(),
+                run_id: Some(run.id.clone()),
+                summary: summary.clone(),
+                diff: human.clone(),
+                report: document,
+            });
+            Ok(blocking.then(|| {
+                format!(
+                    "{summary}; nothing was changed (policy drift = \"block\"). Make the database \
+                     match (`sluice drift --env {env} --sql` shows how) and resume the run, or \
+                     cancel it.\n{human}",
+                    env = run.environment
+                )
+            }))
+        }
+        Err(err) => {
+            let message = err.to_string();
+            engine.event(
+                MACHINE_ACTOR,
+                "drift.check_failed",
+                &run.environment,
+                Some(&run.id),
+                Some(&message),
+                json!({ "rule": rule }),
+            )?;
+            Ok(blocking.then(|| {
+                format!("the drift check failed, nothing was changed (policy drift = \"block\"): {message}")
+            }))
+        }
+    }
 }
 
 async fn plan(env: &Environment, loaded: &Loaded, run: &Run) -> Result<Vec<String>> {
