@@ -287,6 +287,69 @@ fn drift_needs_a_place_to_build_and_ignores_what_the_config_says() {
     );
 }
 
+#[test]
+fn a_shadow_database_is_erased_before_each_build_and_never_the_environment_itself() {
+    let server = pg();
+    let live = server.create_db("drift_shadow_live");
+    let shadow = server.create_db("drift_shadow_shadow");
+    let mut project = Project::with_local_migrations(&[], "");
+    project.add_migration("20240101000000_base", BASE_MIGRATION);
+    project.add_env(
+        "live",
+        &live.url,
+        "[drift]\nshadow_url_env = \"SHADOW_URL\"\n",
+    );
+    project.run_ok(&["apply", "--env", "live"]);
+    // Leftovers of an earlier build or of anything else: erased, not compared.
+    shadow.psql("CREATE SCHEMA leftovers; CREATE TABLE leftovers.t (id int); CREATE TABLE public.junk (id int);");
+    let drift = |url: &str, extra: &[&str]| {
+        let mut args = vec!["drift", "--env", "live", "--rebuild"];
+        args.extend_from_slice(extra);
+        let mut cmd = project.cmd(&args);
+        cmd.env("SHADOW_URL", url);
+        run_with_timeout(cmd, std::time::Duration::from_secs(300))
+    };
+    let out = drift(&shadow.url, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(
+        shadow.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'leftovers'"),
+        "0"
+    );
+    assert_eq!(
+        shadow.psql("SELECT count(*) FROM information_schema.tables WHERE table_name = 'people'"),
+        "1",
+        "the shadow holds the expected schema after the build"
+    );
+
+    // The environment's own database as its shadow is refused before anything is erased.
+    let out = drift(&live.url, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("the shadow database is the environment's own database"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(live.psql("SELECT count(*) FROM people"), "0");
+    assert_eq!(
+        live.psql("SELECT count(*) FROM information_schema.tables WHERE table_name = 'people'"),
+        "1"
+    );
+
+    // A migration that fails in the shadow is an error, not a difference.
+    project.add_migration(
+        "20240102000000_broken",
+        "ALTER TABLE nowhere ADD COLUMN x int;\n",
+    );
+    live.psql("INSERT INTO _prisma_migrations (id, checksum, migration_name, started_at, finished_at, applied_steps_count) SELECT gen_random_uuid()::text, 'x', '20240102000000_broken', now(), now(), 1");
+    let out = drift(&shadow.url, &["--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("building the expected schema in the shadow database"),
+        "{}",
+        output_text(&out)
+    );
+}
+
 fn corpora_dir() -> std::path::PathBuf {
     match std::env::var_os("SLUICE_CORPORA") {
         Some(dir) => std::path::PathBuf::from(dir),
