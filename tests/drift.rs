@@ -212,6 +212,21 @@ fn drift_reports_exactly_each_change_made_by_hand_and_its_sql_undoes_it() {
         "the scratch database is dropped after the build"
     );
 
+    // One left behind by a build that was killed two hours ago goes with the next build; a
+    // recent one (another build in progress) stays.
+    let old = chrono::Utc::now().timestamp() - 7200;
+    let recent = chrono::Utc::now().timestamp() - 60;
+    db("untouched").psql(&format!("CREATE DATABASE sluice_shadow_{old}_abandoned;"));
+    db("untouched").psql(&format!("CREATE DATABASE sluice_shadow_{recent}_inflight;"));
+    project.run_ok(&["drift", "--env", "untouched", "--rebuild"]);
+    assert_eq!(
+        db("untouched").psql(
+            "SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE 'sluice_shadow_%'"
+        ),
+        format!("sluice_shadow_{recent}_inflight")
+    );
+    db("untouched").psql(&format!("DROP DATABASE sluice_shadow_{recent}_inflight;"));
+
     for (env, change, kind, name, verb) in HAND_CHANGES {
         db(env).psql(change);
         let out = project.run(&["drift", "--env", env, "--json"]);

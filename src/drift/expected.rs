@@ -196,8 +196,40 @@ impl PgScratch {
     }
 }
 
-/// Prefix of scratch database names, so an operator can tell them apart.
+/// Prefix of scratch database names, so an operator can tell them apart; the creation time
+/// (Unix seconds) follows it.
 pub const SCRATCH_PREFIX: &str = "sluice_shadow_";
+
+/// A scratch database older than this was left by a build that never finished (the process
+/// was killed): the next build drops it.
+pub const SCRATCH_ABANDONED_AFTER_SECS: i64 = 3600;
+
+/// Drops scratch databases whose name says they were created more than an hour ago.
+async fn drop_abandoned_scratch(
+    admin: &mut sqlx::PgConnection,
+    now: i64,
+) -> std::result::Result<(), sqlx::Error> {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+            .bind(SCRATCH_PREFIX)
+            .fetch_all(&mut *admin)
+            .await?;
+    for name in names {
+        let created = name
+            .strip_prefix(SCRATCH_PREFIX)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|epoch| epoch.parse::<i64>().ok());
+        if created.is_some_and(|at| now - at > SCRATCH_ABANDONED_AFTER_SECS) {
+            tracing::info!(database = %name, "dropping an abandoned scratch database");
+            run_sql(
+                admin,
+                &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
 
 #[async_trait]
 impl Shadow for PgScratch {
@@ -206,8 +238,13 @@ impl Shadow for PgScratch {
     }
 
     async fn acquire(&self) -> Result<String> {
-        let name = format!("{SCRATCH_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        let now = chrono::Utc::now().timestamp();
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("{SCRATCH_PREFIX}{now}_{}", &token[..12]);
         let mut admin = self.admin().await?;
+        if let Err(err) = drop_abandoned_scratch(&mut admin, now).await {
+            tracing::warn!(error = %err, "could not drop abandoned scratch databases");
+        }
         let created = run_sql(
             &mut admin,
             &format!("CREATE DATABASE \"{name}\" TEMPLATE template0"),
