@@ -811,6 +811,26 @@ fn drift_blocks_a_run_with_the_diff_in_the_event_log_and_the_notification() {
         notice.body
     );
 
+    // The API checks on demand: the same difference, in words and as data.
+    let (status, report) = daemon.post("/v1/environments/dev/drift", Some(DEPLOYER), "");
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report["differences"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert!(
+        report["diff"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("- column hack"),
+        "{report}"
+    );
+    assert_eq!(
+        report["expected"], "cache",
+        "the run's check cached the expected schema"
+    );
+
     // Put the database back as its migrations say, then resume: the check passes and the run
     // goes through.
     ladder.db("dev").psql("ALTER TABLE users DROP COLUMN hack;");
@@ -864,6 +884,10 @@ fn a_drift_scan_records_every_look_and_announces_only_changes() {
         "{}",
         detected[0].body
     );
+
+    let (status, last) = daemon.get("/v1/environments/dev/drift", Some(DEPLOYER));
+    assert_eq!(status, 200, "{last}");
+    assert_eq!(last["last_scan"]["differences"], 1, "{last}");
 
     ladder.db("dev").psql("DROP INDEX orders_user_idx;");
     sink.wait_for("drift.resolved", Duration::from_secs(30), |calls| {

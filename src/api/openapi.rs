@@ -27,6 +27,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "get", path: "/v1/environments", summary: "Environments the caller may view, in ladder order, with their release and runs.", role: "viewer", body: None, ok: ("200", "EnvironmentList") },
     Endpoint { method: "get", path: "/v1/environments/{env}", summary: "One environment.", role: "viewer", body: None, ok: ("200", "Environment") },
     Endpoint { method: "post", path: "/v1/environments/{env}/rollback", summary: "Put the environment back where it was before its last promotion (down scripts or snapshot, per policy).", role: "deployer", body: Some("ReasonRequired"), ok: ("202", "Run") },
+    Endpoint { method: "get", path: "/v1/environments/{env}/drift", summary: "The environment's last periodic drift scan (policy drift_scan), or null.", role: "viewer", body: None, ok: ("200", "Object") },
+    Endpoint { method: "post", path: "/v1/environments/{env}/drift", summary: "Compare the environment with the expected schema of its applied migrations now: the report, its summary and the diff in words (nothing is recorded).", role: "viewer", body: None, ok: ("200", "Object") },
     Endpoint { method: "get", path: "/v1/releases", summary: "Recorded releases and the head.", role: "viewer", body: None, ok: ("200", "Releases") },
     Endpoint { method: "post", path: "/v1/releases", summary: "Read the migrations directory now and record a new head.", role: "deployer", body: None, ok: ("200", "ReleaseScan") },
     Endpoint { method: "get", path: "/v1/runs", summary: "Runs, newest first (query: environment, limit).", role: "viewer", body: None, ok: ("200", "RunList") },

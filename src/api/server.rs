@@ -195,6 +195,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/environments", get(list_environments))
         .route("/v1/environments/{env}", get(get_environment))
         .route("/v1/environments/{env}/rollback", post(rollback))
+        .route(
+            "/v1/environments/{env}/drift",
+            get(last_drift_scan).post(check_drift),
+        )
         .route("/v1/releases", get(list_releases).post(scan_releases))
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(get_run))
@@ -300,6 +304,51 @@ async fn get_environment(
                 format!("unknown environment `{env}`"),
             )
         })
+}
+
+/// The environment's last periodic drift scan, if it has a `drift_scan` and one ran.
+async fn last_drift_scan(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    let caller = state.authenticate(&headers)?;
+    state.engine.loaded().environment(&env)?;
+    caller.require(&env, Role::Viewer)?;
+    let last = state
+        .engine
+        .store()
+        .mark(&crate::drift::scan::last_key(&env))?
+        .and_then(|v| serde_json::from_value::<crate::drift::scan::ScanRecord>(v).ok());
+    Ok(Json(json!({ "environment": env, "last_scan": last })))
+}
+
+/// Checks the environment's drift now (with the daemon's cache of expected schemas) and
+/// returns the report with the diff in words. Reads only; nothing is recorded.
+async fn check_drift(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    let caller = state.authenticate(&headers)?;
+    let loaded = state.engine.loaded();
+    let environment = loaded.environment(&env)?.clone();
+    caller.require(&env, Role::Viewer)?;
+    let cache = crate::drift::expected::Cache {
+        store: state.engine.store(),
+        rebuild: false,
+    };
+    let report = crate::drift::check::check_environment(
+        &environment,
+        &loaded.set,
+        &loaded.project.drift,
+        Some(cache),
+    )
+    .await?;
+    let mut document = serde_json::to_value(&report).unwrap_or_default();
+    document["summary"] = json!(report.summary());
+    document["diff"] = json!(report.human());
+    Ok(Json(document))
 }
 
 #[derive(Deserialize)]
