@@ -290,6 +290,10 @@ fn forged_stale_replayed_or_malformed_slack_requests_are_refused_and_change_noth
 #[test]
 fn a_promotion_from_slack_is_reported_in_the_channel_until_it_ends() {
     let ladder = Ladder::new("slack_progress", &[]);
+    let staging = ladder.project.env_file("staging");
+    let mut text = std::fs::read_to_string(&staging).unwrap();
+    text.push_str("\n[drift]\nscratch_databases = true\n");
+    std::fs::write(&staging, text).unwrap();
     let slack = SlackServer::start();
     configure(&ladder, &slack, "");
     let daemon = Daemon::start(&ladder.project, DAEMON_ENV);
@@ -390,27 +394,20 @@ fn a_promotion_from_slack_is_reported_in_the_channel_until_it_ends() {
         "{:?}",
         status.body
     );
-    let plan = slack_post(
-        &daemon,
-        "/slack/commands",
-        &command_body(&slack, BOB, "plan prod", "p3"),
-    );
-    let plan_text = plan.body["text"].as_str().unwrap_or_default().to_string();
-    let plan_text = if plan_text.contains("Working on it") {
-        let calls = slack.wait_for("the late plan", Duration::from_secs(30), |c| {
-            c.iter().any(|c| c.kind == "response/p3")
-        });
-        calls.iter().find(|c| c.kind == "response/p3").unwrap().body["text"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    } else {
-        plan_text
-    };
+    let plan_text = command_answer(&daemon, &slack, "plan prod", "p3");
     assert!(plan_text.contains("Plan for `prod`"), "{plan_text}");
     assert!(
         plan_text.contains(M1) && plan_text.contains(M3),
         "{plan_text}"
+    );
+    ladder
+        .db("staging")
+        .psql("CREATE INDEX hand_made_idx ON users (email);");
+    let drift_text = command_answer(&daemon, &slack, "drift staging", "p5");
+    assert!(
+        drift_text.contains("`staging` drifted: 1 difference(s)")
+            && drift_text.contains("index hand_made_idx"),
+        "{drift_text}"
     );
     let help = slack_post(
         &daemon,
@@ -421,6 +418,28 @@ fn a_promotion_from_slack_is_reported_in_the_channel_until_it_ends() {
         .as_str()
         .unwrap()
         .contains("not a sluice command"));
+}
+
+/// A slash command's answer: inline, or from its `response_url` when it took longer than
+/// Slack waits.
+fn command_answer(daemon: &Daemon, slack: &SlackServer, text: &str, response_id: &str) -> String {
+    let reply = slack_post(
+        daemon,
+        "/slack/commands",
+        &command_body(slack, BOB, text, response_id),
+    );
+    let inline = reply.body["text"].as_str().unwrap_or_default().to_string();
+    if !inline.contains("Working on it") {
+        return inline;
+    }
+    let kind = format!("response/{response_id}");
+    let calls = slack.wait_for("the late answer", Duration::from_secs(30), |c| {
+        c.iter().any(|c| c.kind == kind)
+    });
+    calls.iter().find(|c| c.kind == kind).unwrap().body["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]

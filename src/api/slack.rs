@@ -31,7 +31,7 @@ use sha2::Sha256;
 use crate::api::auth::{Caller, Role};
 use crate::api::server::ApiError;
 use crate::chatops::slack_api::Message;
-use crate::chatops::{plain_line, ChatOps, SlackSide};
+use crate::chatops::{clip, plain_line, ChatOps, SlackSide, DRIFT_TEXT_LIMIT};
 use crate::error::Error;
 use crate::promote::engine::PromotionRequest;
 use crate::promote::views::environment_views;
@@ -268,6 +268,7 @@ async fn command(
 const HELP: &str = "*sluice* commands:\n\
 • `status [env]`: each environment's release and runs\n\
 • `plan <env> [release]`: what a promotion would run and what would hold it\n\
+• `drift <env>`: how env's schema differs from what its applied migrations make\n\
 • `promote <env> [release]`: request a promotion (up the ladder)\n\
 • `approve <run> [comment]`, `reject <run> [reason]`\n\
 • `rollback <env> [reason]`: undo the last promotion of env\n\
@@ -286,6 +287,7 @@ async fn run_command(chatops: &ChatOps, caller: &Caller, command: &SlashCommand)
         ["status", env] => status(chatops, Some(env)),
         ["runs"] => runs(chatops, None),
         ["runs", env] => runs(chatops, Some(env)),
+        ["drift", env] => drift(chatops, caller, env).await,
         ["plan", env] => plan(chatops, caller, env, None).await,
         ["plan", env, release] => plan(chatops, caller, env, Some(release)).await,
         ["promote", env] => promote(chatops, caller, command, env, None).await,
@@ -434,6 +436,32 @@ async fn plan(
         lines.extend(plan.gates.iter().map(|g| format!("• {g}")));
     }
     Ok(Message::ephemeral(lines.join("\n")))
+}
+
+async fn drift(chatops: &ChatOps, caller: &Caller, env: &str) -> Result<Message, Error> {
+    known_env(chatops, env)?;
+    require(caller, env, Role::Viewer)?;
+    let loaded = chatops.engine.loaded();
+    let environment = loaded.environment(env)?.clone();
+    let cache = crate::drift::expected::Cache {
+        store: chatops.engine.store(),
+        rebuild: false,
+    };
+    let report = crate::drift::check::check_environment(
+        &environment,
+        &loaded.set,
+        &loaded.project.drift,
+        Some(cache),
+    )
+    .await?;
+    let mut text = report.summary();
+    if !report.is_clean() {
+        text.push_str(&format!(
+            "\n```\n{}```",
+            clip(&report.human(), DRIFT_TEXT_LIMIT)
+        ));
+    }
+    Ok(Message::ephemeral(text))
 }
 
 async fn promote(

@@ -250,10 +250,10 @@ impl RunListener for NotifyListener {
 
 /// How much of a diff goes into a notification's text (Slack truncates long messages); the
 /// whole report is in the notification's detail and the event log.
-const DRIFT_TEXT_LIMIT: usize = 2500;
+pub(crate) const DRIFT_TEXT_LIMIT: usize = 2500;
 
 /// The first `limit` bytes of `text` at a line boundary, with a note when something was cut.
-fn clip(text: &str, limit: usize) -> String {
+pub(crate) fn clip(text: &str, limit: usize) -> String {
     if text.len() <= limit {
         return text.to_string();
     }
