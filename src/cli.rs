@@ -335,7 +335,15 @@ fn init_logging(format: LogFormat, default_level: &str) {
 
 /// Runs one parsed command; returns the exit code for outcomes that are not errors.
 pub async fn run(cli: Cli) -> Result<u8> {
-    let project = Project::load(&cli.project)?;
+    let project = match Project::load(&cli.project) {
+        Ok(project) => project,
+        // For the comparing commands 2 means "different", so every error is 1.
+        Err(err) if matches!(cli.command, Command::Diff(_) | Command::Drift(_)) => {
+            eprintln!("error: {err}");
+            return Ok(1);
+        }
+        Err(err) => return Err(err),
+    };
     match cli.command {
         Command::Status(args) => status(&project, args).await,
         Command::Apply(args) => apply_cmd(&project, args).await,

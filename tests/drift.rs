@@ -274,6 +274,24 @@ fn drift_needs_a_place_to_build_and_ignores_what_the_config_says() {
 
     let out = project.run(&["drift", "--env", "missing"]);
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let good = std::fs::read_to_string(project.path().join("sluice.toml")).unwrap();
+    std::fs::write(
+        project.path().join("sluice.toml"),
+        format!("{good}\n[drift]\nhistory_tables = []\n"),
+    )
+    .unwrap();
+    let out = project.run(&["drift", "--env", "nowhere"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a bad sluice.toml is an error, not drift"
+    );
+    assert!(
+        output_text(&out).contains("key `drift.history_tables`"),
+        "{}",
+        output_text(&out)
+    );
+    std::fs::write(project.path().join("sluice.toml"), good).unwrap();
 
     // A table and a column managed outside migrations, left out by configuration.
     project.add_env(
