@@ -785,6 +785,11 @@ const P_DROP_TRIGGER: u16 = 10;
 const P_DROP_VIEW: u16 = 20;
 const P_DROP_FUNCTION_EARLY: u16 = 30;
 const P_DROP_FK: u16 = 40;
+const P_RELEASE_SEQUENCE: u16 = 42;
+// Tables that go are dropped before any other constraint or index is dropped or created: a
+// foreign key of theirs may hold an index that changes, and a new object may reuse the name
+// of one of their indexes.
+const P_DROP_TABLE: u16 = 45;
 const P_DROP_CONSTRAINT: u16 = 50;
 const P_DROP_INDEX: u16 = 60;
 const P_SCHEMA: u16 = 100;
@@ -803,7 +808,6 @@ const P_VIEW_CREATE: u16 = 220;
 const P_TRIGGER: u16 = 240;
 const P_COMMENT: u16 = 250;
 const P_DROP_COLUMN: u16 = 300;
-const P_DROP_TABLE: u16 = 310;
 const P_DROP_FUNCTION: u16 = 320;
 const P_DROP_SEQUENCE: u16 = 330;
 const P_DROP_TYPE: u16 = 340;
@@ -960,10 +964,10 @@ fn enum_recreate_needed(l: &[String], r: &[String]) -> bool {
 /// Statements that make `left` match `right` for the given differences (as
 /// returned by [`diff`], possibly filtered), in dependency order: drops of
 /// dependents first (triggers, views, foreign keys, constraints, indexes), then
-/// creations (schemas, extensions, types, sequences, tables, columns,
-/// constraints, indexes, foreign keys, functions, views, triggers, comments),
-/// then the remaining drops (columns, tables, functions, sequences, types,
-/// extensions, schemas).
+/// the tables that go (after releasing sequences that stay), then creations
+/// (schemas, extensions, types, sequences, tables, columns, constraints,
+/// indexes, foreign keys, functions, views, triggers, comments), then the
+/// remaining drops (columns, functions, sequences, types, extensions, schemas).
 ///
 /// `ALTER TYPE … ADD VALUE` steps must be committed before a later step uses
 /// the new label: run the steps one by one in autocommit mode, or split the
@@ -1668,6 +1672,23 @@ pub fn to_sql(left: &Schema, right: &Schema, diffs: &[Difference]) -> Vec<SqlSte
             .cloned()
             .collect()
     });
+    // A sequence that stays but is owned by a column of a table that goes would go with it:
+    // release it first (its owner on the right is set later).
+    for (sn, seq) in &left.sequences {
+        let owner_goes = seq
+            .owned_by
+            .as_deref()
+            .and_then(|col| last_dot(col).map(|i| &col[..i]))
+            .is_some_and(|table| removed_tables.contains(table));
+        if owner_goes && right.sequences.contains_key(sn) {
+            p.push(
+                P_RELEASE_SEQUENCE,
+                format!("ALTER SEQUENCE {sn} OWNED BY NONE;"),
+                false,
+                format!("keep {sn} when its table is dropped"),
+            );
+        }
+    }
     for t in drop_tables {
         p.push(
             P_DROP_TABLE,
@@ -2308,6 +2329,51 @@ mod tests {
                 diff(&model(&left_db).await, &base_model),
                 vec![],
                 "case {tag} reverse"
+            );
+        }
+    }
+
+    /// Tables that go are dropped before constraints and indexes change: a foreign key of
+    /// theirs may hold an index being replaced, a new index may reuse the name of theirs, and
+    /// a sequence they own may stay.
+    #[tokio::test]
+    async fn dropped_tables_make_way_for_what_replaces_them() {
+        let cases = [
+            (
+                "fk_on_changing_pk",
+                "CREATE TABLE parent (id int NOT NULL, v int NOT NULL, CONSTRAINT parent_pkey PRIMARY KEY (id));
+                 CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent (id));",
+                "CREATE TABLE parent (id int NOT NULL, v int NOT NULL, CONSTRAINT parent_pkey PRIMARY KEY (id, v));",
+            ),
+            (
+                "index_name_reused",
+                "CREATE TABLE a (id int CONSTRAINT a_pkey PRIMARY KEY);",
+                "CREATE TABLE b (id int CONSTRAINT a_pkey PRIMARY KEY);",
+            ),
+            (
+                "sequence_kept",
+                "CREATE SEQUENCE shared_seq; CREATE TABLE old (id int DEFAULT nextval('shared_seq'));
+                 ALTER SEQUENCE shared_seq OWNED BY old.id; CREATE TABLE keep (id int);",
+                "CREATE SEQUENCE shared_seq; CREATE TABLE keep (id int DEFAULT nextval('shared_seq'));
+                 ALTER SEQUENCE shared_seq OWNED BY keep.id; CREATE TABLE old2 (id int);",
+            ),
+        ];
+        for (tag, left_sql, right_sql) in cases {
+            let left = TestDb::create(&format!("makeway_{tag}_l"), None).await;
+            let right = TestDb::create(&format!("makeway_{tag}_r"), None).await;
+            for (db, sql) in [(&left, left_sql), (&right, right_sql)] {
+                let mut c = db.connect().await;
+                sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+                c.close().await.ok();
+            }
+            let (ml, mr) = (model(&left).await, model(&right).await);
+            let steps = to_sql(&ml, &mr, &diff(&ml, &mr));
+            apply(&left, &steps).await;
+            assert_eq!(
+                diff(&model(&left).await, &mr),
+                vec![],
+                "{tag}:\n{}",
+                render_sql(&steps)
             );
         }
     }
