@@ -169,6 +169,20 @@ const HAND_CHANGES: &[(&str, &str, &str, &str, &str)] = &[
         "changed",
     ),
     (
+        "enable_row_security",
+        "ALTER TABLE people ENABLE ROW LEVEL SECURITY;",
+        "table",
+        "public.people",
+        "changed",
+    ),
+    (
+        "add_policy",
+        "CREATE POLICY people_self ON people USING (name = current_user);",
+        "policy",
+        "public.people.people_self",
+        "removed",
+    ),
+    (
         "add_trigger",
         "CREATE TRIGGER people_touch BEFORE UPDATE ON people FOR EACH ROW EXECUTE FUNCTION touch();",
         "trigger",

@@ -13,7 +13,7 @@
 
 use super::model::{
     last_dot, quote_ident, split_qualified, unquote_ident, Column, Constraint, ConstraintKind,
-    FunctionKind, Index, Schema, Table,
+    FunctionKind, Index, Schema, Table, ROW_SECURITY_DISABLED,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +36,7 @@ pub enum ObjectKind {
     View,
     MaterializedView,
     Trigger,
+    Policy,
     Comment,
 }
 
@@ -56,6 +57,7 @@ impl ObjectKind {
             ObjectKind::View => "view",
             ObjectKind::MaterializedView => "materialized view",
             ObjectKind::Trigger => "trigger",
+            ObjectKind::Policy => "policy",
             ObjectKind::Comment => "comment",
         }
     }
@@ -64,7 +66,11 @@ impl ObjectKind {
     fn is_table_child(&self) -> bool {
         matches!(
             self,
-            ObjectKind::Column | ObjectKind::Constraint | ObjectKind::Index | ObjectKind::Trigger
+            ObjectKind::Column
+                | ObjectKind::Constraint
+                | ObjectKind::Index
+                | ObjectKind::Trigger
+                | ObjectKind::Policy
         )
     }
 }
@@ -510,6 +516,24 @@ fn diff_table(o: &mut Out, k: &str, l: &Table, r: &Table, right: &Schema) {
         opt(&r.partitioned_by),
     );
     o.field(K::Comment, k, "comment", opt(&l.comment), opt(&r.comment));
+    o.field(
+        K::Table,
+        k,
+        "row_security",
+        l.row_security.clone(),
+        r.row_security.clone(),
+    );
+    each(&l.policies, &r.policies, |name, lp, rp| {
+        let full = format!("{k}.{name}");
+        match (lp, rp) {
+            (None, Some(def)) => o.added(K::Policy, full, Some(def.clone())),
+            (Some(def), None) => o.removed(K::Policy, full, Some(def.clone())),
+            (Some(ld), Some(rd)) => {
+                o.field(K::Policy, &full, "definition", ld.clone(), rd.clone());
+            }
+            _ => {}
+        }
+    });
 
     // Columns a partition takes from its parent are compared on the parent.
     let inherited: BTreeSet<&str> = match (&l.partition_of, &r.partition_of) {
@@ -1454,6 +1478,12 @@ pub fn to_sql(left: &Schema, right: &Schema, diffs: &[Difference]) -> Vec<SqlSte
             (K::Table, Change::Added) => create_table(&mut p, right, name),
             (K::Table, Change::Removed) => {} // below, in dependency order
             (K::Table, Change::Changed { field, left: l, right: r }) => match field.as_str() {
+                "row_security" => p.push(
+                    P_TRIGGER,
+                    row_security_sql(name, r),
+                    l == "forced" || r == ROW_SECURITY_DISABLED,
+                    format!("row-level security on {name}: {l} → {r}"),
+                ),
                 "partition_of" => {
                     if let Some(lp) = &left.tables[name].partition_of {
                         p.push(
@@ -1634,6 +1664,23 @@ pub fn to_sql(left: &Schema, right: &Schema, diffs: &[Difference]) -> Vec<SqlSte
                 }
             }
 
+            // --- row-level security policies (after the functions and columns they use)
+            (K::Policy, change) => {
+                let (t, policy) = parent_and_child(name);
+                if !matches!(change, Change::Added) {
+                    let removed = matches!(change, Change::Removed);
+                    p.push(
+                        P_DROP_TRIGGER,
+                        format!("DROP POLICY {policy} ON {t};"),
+                        removed,
+                        format!("{} policy {name}", if removed { "drop" } else { "recreate" }),
+                    );
+                }
+                if let Some(def) = right.tables.get(t).and_then(|rt| rt.policies.get(policy)) {
+                    p.push(P_TRIGGER, format!("CREATE POLICY {policy} ON {t} {def};"), false, format!("create policy {name}"));
+                }
+            }
+
             // --- comments
             (K::Comment, Change::Changed { right: r, .. }) => {
                 let c = if r.is_empty() { None } else { Some(r.clone()) };
@@ -1698,6 +1745,22 @@ pub fn to_sql(left: &Schema, right: &Schema, diffs: &[Difference]) -> Vec<SqlSte
         );
     }
     p.into_steps()
+}
+
+/// The statements that give `table` the row-level security `state` (`disabled`, `enabled`,
+/// `forced`).
+fn row_security_sql(table: &str, state: &str) -> String {
+    match state {
+        "forced" => format!(
+            "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY; ALTER TABLE {table} FORCE ROW LEVEL SECURITY;"
+        ),
+        "enabled" => format!(
+            "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY; ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY;"
+        ),
+        _ => format!(
+            "ALTER TABLE {table} DISABLE ROW LEVEL SECURITY; ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY;"
+        ),
+    }
 }
 
 fn enable_sql(table: &str, trigger: &str, enabled: &str) -> String {
@@ -1787,6 +1850,22 @@ fn create_table(p: &mut Plan, right: &Schema, name: &str) {
         }
     };
     p.push(phase, sql, false, format!("create table {name}"));
+    if t.row_security != ROW_SECURITY_DISABLED {
+        p.push(
+            P_TRIGGER,
+            row_security_sql(name, &t.row_security),
+            false,
+            format!("row-level security on {name}: {}", t.row_security),
+        );
+    }
+    for (policy, def) in &t.policies {
+        p.push(
+            P_TRIGGER,
+            format!("CREATE POLICY {policy} ON {name} {def};"),
+            false,
+            format!("create policy {name}.{policy}"),
+        );
+    }
     for (cn, c) in &t.constraints {
         p.push(
             constraint_phase(c),
@@ -2378,6 +2457,57 @@ mod tests {
         }
     }
 
+    /// Row-level security (on, forced, off) and policies are compared and their SQL converges
+    /// both ways.
+    #[tokio::test]
+    async fn row_level_security_and_policies() {
+        let plain = "CREATE TABLE docs (id int PRIMARY KEY, owner text);";
+        let secured = "CREATE TABLE docs (id int PRIMARY KEY, owner text);
+             ALTER TABLE docs ENABLE ROW LEVEL SECURITY; ALTER TABLE docs FORCE ROW LEVEL SECURITY;
+             CREATE POLICY docs_owner ON docs FOR SELECT USING (owner = current_user);
+             CREATE POLICY docs_insert ON docs AS RESTRICTIVE FOR INSERT TO PUBLIC WITH CHECK (owner IS NOT NULL);
+             CREATE TABLE notes (id int);
+             ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY notes_all ON notes USING (id > 0);";
+        for (tag, left_sql, right_sql, expected) in [
+            ("rls_on", plain, secured, 4),
+            ("rls_off", secured, plain, 4),
+        ] {
+            let left = TestDb::create(&format!("{tag}_l"), None).await;
+            let right = TestDb::create(&format!("{tag}_r"), None).await;
+            for (db, sql) in [(&left, left_sql), (&right, right_sql)] {
+                let mut c = db.connect().await;
+                sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+                c.close().await.ok();
+            }
+            let (ml, mr) = (model(&left).await, model(&right).await);
+            let found = diff(&ml, &mr);
+            assert_eq!(found.len(), expected, "{tag}: {found:#?}");
+            assert!(
+                found.iter().any(|d| d.kind == ObjectKind::Table
+                    && d.name == "public.docs"
+                    && matches!(&d.change, Change::Changed { field, .. } if field == "row_security")),
+                "{tag}: {found:#?}"
+            );
+            assert_eq!(
+                found
+                    .iter()
+                    .filter(|d| d.kind == ObjectKind::Policy)
+                    .count(),
+                2,
+                "{tag}: {found:#?}"
+            );
+            let steps = to_sql(&ml, &mr, &found);
+            apply(&left, &steps).await;
+            assert_eq!(
+                diff(&model(&left).await, &mr),
+                vec![],
+                "{tag}:\n{}",
+                render_sql(&steps)
+            );
+        }
+    }
+
     #[tokio::test]
     async fn create_everything_from_nothing_and_drop_it_again() {
         let full = TestDb::create("fromnothing_full", None).await;
@@ -2499,6 +2629,8 @@ mod tests {
                 indexes: BTreeMap::new(),
                 constraints: BTreeMap::new(),
                 comment: None,
+                row_security: crate::drift::model::ROW_SECURITY_DISABLED.into(),
+                policies: BTreeMap::new(),
             },
         );
         assert_eq!(diff(&a, &b).len(), 1);

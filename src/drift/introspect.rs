@@ -276,7 +276,16 @@ fn catalog_queries(version: u32) -> Vec<(&'static str, String)> {
          CASE WHEN c.relispartition THEN (SELECT i.inhparent::regclass::text FROM pg_inherits i WHERE i.inhrelid = c.oid LIMIT 1) END AS parent, \
          CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END AS bound, \
          CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END AS partkey, \
-         obj_description(c.oid, 'pg_class') AS comment \
+         obj_description(c.oid, 'pg_class') AS comment, \
+         CASE WHEN c.relforcerowsecurity THEN 'forced' WHEN c.relrowsecurity THEN 'enabled' ELSE 'disabled' END AS row_security, \
+         ARRAY(SELECT quote_ident(p.polname) FROM pg_policy p WHERE p.polrelid = c.oid ORDER BY p.polname) AS policy_names, \
+         ARRAY(SELECT 'AS ' || CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END \
+            || ' FOR ' || CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END \
+            || ' TO ' || CASE WHEN p.polroles = '{{0}}'::oid[] THEN 'PUBLIC' ELSE \
+               (SELECT string_agg(quote_ident(r.rolname), ', ' ORDER BY r.rolname) FROM pg_roles r WHERE r.oid = ANY (p.polroles)) END \
+            || COALESCE(' USING (' || pg_get_expr(p.polqual, p.polrelid) || ')', '') \
+            || COALESCE(' WITH CHECK (' || pg_get_expr(p.polwithcheck, p.polrelid) || ')', '') \
+            FROM pg_policy p WHERE p.polrelid = c.oid ORDER BY p.polname) AS policy_defs \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind IN ('r', 'p') AND {NS} AND {}",
         not_ext("pg_class", "c.oid")
@@ -476,6 +485,12 @@ async fn run_queries(
                 indexes: BTreeMap::new(),
                 constraints: BTreeMap::new(),
                 comment: get(&row, kind, "comment")?,
+                row_security: get(&row, kind, "row_security")?,
+                policies: {
+                    let names: Vec<String> = get(&row, kind, "policy_names")?;
+                    let definitions: Vec<String> = get(&row, kind, "policy_defs")?;
+                    names.into_iter().zip(definitions).collect()
+                },
             },
         );
     }
@@ -679,6 +694,8 @@ pub async fn introspect_sqlite(
             indexes: BTreeMap::new(),
             constraints: BTreeMap::new(),
             comment: None,
+            row_security: super::model::ROW_SECURITY_DISABLED.into(),
+            policies: BTreeMap::new(),
         });
         if pk > 0 {
             pks.entry(qt).or_default().push((pk, quote_ident(&cname)));

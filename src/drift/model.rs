@@ -113,7 +113,22 @@ pub struct Table {
     /// Constraints keyed by (quoted) constraint name.
     pub constraints: BTreeMap<String, Constraint>,
     pub comment: Option<String>,
+    /// Row-level security: `disabled`, `enabled` or `forced` (also for the owner). Absent in
+    /// schemas cached before it was read, which count as `disabled`.
+    #[serde(default = "row_security_disabled")]
+    pub row_security: String,
+    /// Row-level security policies keyed by (quoted) name: `AS … FOR … TO … USING (…) WITH
+    /// CHECK (…)`, the part of `CREATE POLICY` after `ON table`.
+    #[serde(default)]
+    pub policies: BTreeMap<String, String>,
 }
+
+fn row_security_disabled() -> String {
+    ROW_SECURITY_DISABLED.to_string()
+}
+
+/// [`Table::row_security`] of a table without row-level security.
+pub const ROW_SECURITY_DISABLED: &str = "disabled";
 
 impl Table {
     /// The column named `name` (quoted form), if any.
@@ -539,6 +554,8 @@ mod tests {
             indexes: BTreeMap::new(),
             constraints: BTreeMap::new(),
             comment: None,
+            row_security: ROW_SECURITY_DISABLED.into(),
+            policies: BTreeMap::new(),
         };
         s.tables
             .insert("public._prisma_migrations".into(), t.clone());
