@@ -10,10 +10,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::drift::check::{check_environment, DriftReport};
+use crate::drift::check::check_environment;
 use crate::drift::expected::Cache;
 use crate::error::Result;
-use crate::promote::engine::{DriftNotice, Engine, MACHINE_ACTOR};
+use crate::promote::engine::{Engine, MACHINE_ACTOR};
 use crate::schedule::timing::Clock;
 
 /// What the store keeps of an environment's last scan.
@@ -163,31 +163,8 @@ impl DriftScanner {
             None
         };
         if let Some(event) = event {
-            self.announce(event, &report)?;
+            self.engine.report_drift(event, None, &report, json!({}))?;
         }
-        Ok(())
-    }
-
-    fn announce(&self, event: &str, report: &DriftReport) -> Result<()> {
-        let document = serde_json::to_value(report).unwrap_or_default();
-        let summary = report.summary();
-        let diff = report.human();
-        self.engine.event(
-            MACHINE_ACTOR,
-            event,
-            &report.environment,
-            None,
-            Some(&summary),
-            json!({ "diff": diff, "report": document }),
-        )?;
-        self.engine.announce_drift(&DriftNotice {
-            event: event.to_string(),
-            environment: report.environment.clone(),
-            run_id: None,
-            summary,
-            diff,
-            report: document,
-        });
         Ok(())
     }
 

@@ -287,15 +287,45 @@ impl Engine {
         }
     }
 
-    /// Tells every listener about a drift check's finding.
-    pub fn announce_drift(&self, notice: &DriftNotice) {
+    /// Records a drift check's finding (`drift.detected`, `drift.resolved`) in the event log
+    /// with the diff in words and as data, then tells every listener. `detail` adds keys (the
+    /// policy's rule for a check before a run).
+    pub(crate) fn report_drift(
+        &self,
+        event: &str,
+        run_id: Option<&str>,
+        report: &crate::drift::check::DriftReport,
+        mut detail: serde_json::Value,
+    ) -> Result<()> {
+        let summary = report.summary();
+        let diff = report.human();
+        let document = serde_json::to_value(report).unwrap_or_default();
+        detail["diff"] = json!(diff);
+        detail["report"] = document.clone();
+        self.event(
+            MACHINE_ACTOR,
+            event,
+            &report.environment,
+            run_id,
+            Some(&summary),
+            detail,
+        )?;
+        let notice = DriftNotice {
+            event: event.to_string(),
+            environment: report.environment.clone(),
+            run_id: run_id.map(String::from),
+            summary,
+            diff,
+            report: document,
+        };
         let listeners = match self.listeners.read() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         for listener in listeners {
-            listener.drift_found(notice);
+            listener.drift_found(&notice);
         }
+        Ok(())
     }
 
     /// The store.

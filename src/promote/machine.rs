@@ -22,7 +22,7 @@ use crate::store::{
 };
 use crate::target;
 
-use super::engine::{DriftNotice, Engine, Loaded, MACHINE_ACTOR};
+use super::engine::{Engine, Loaded, MACHINE_ACTOR};
 use super::Request;
 
 /// How many earlier releases an environment's state keeps.
@@ -198,30 +198,19 @@ async fn check_drift(
             Ok(None)
         }
         Ok(report) => {
-            let summary = report.summary();
-            let human = report.human();
-            let document = serde_json::to_value(&report).unwrap_or_default();
-            engine.event(
-                MACHINE_ACTOR,
+            engine.report_drift(
                 "drift.detected",
-                &run.environment,
                 Some(&run.id),
-                Some(&summary),
-                json!({ "rule": rule, "diff": human, "report": document }),
+                &report,
+                json!({ "rule": rule }),
             )?;
-            engine.announce_drift(&DriftNotice {
-                event: "drift.detected".into(),
-                environment: run.environment.clone(),
-                run_id: Some(run.id.clone()),
-                summary: summary.clone(),
-                diff: human.clone(),
-                report: document,
-            });
             Ok(blocking.then(|| {
                 format!(
-                    "{summary}; nothing was changed (policy drift = \"block\"). Make the database \
+                    "{}; nothing was changed (policy drift = \"block\"). Make the database \
                      match (`sluice drift --env {env} --sql` shows how) and resume the run, or \
-                     cancel it.\n{human}",
+                     cancel it.\n{}",
+                    report.summary(),
+                    report.human(),
                     env = run.environment
                 )
             }))
