@@ -168,6 +168,29 @@ fn the_readme_command_runs_the_whole_ladder() {
         .collect();
     assert_eq!(snapshots.len(), 3, "{snapshots:?}");
 
+    // prod's policy says drift = "block": its run compared the schema before the snapshot.
+    let runs: serde_json::Value =
+        serde_json::from_slice(&sluice(dir.path(), &["runs", "--local", "--json"]).stdout).unwrap();
+    for run in runs.as_array().unwrap() {
+        let id = run["id"].as_str().unwrap();
+        let detail: serde_json::Value =
+            serde_json::from_slice(&sluice(dir.path(), &["run", id, "--local", "--json"]).stdout)
+                .unwrap();
+        let actions: Vec<&str> = detail["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["action"].as_str())
+            .collect();
+        let checked = actions.iter().position(|a| *a == "drift.checked");
+        if run["environment"] == "prod" {
+            let snapshot = actions.iter().position(|a| *a == "snapshot.created");
+            assert!(checked.is_some() && checked < snapshot, "{actions:?}");
+        } else {
+            assert!(checked.is_none(), "{actions:?}");
+        }
+    }
+
     let again = sluice(dir.path(), &["promote", "--to", "prod", "--local"]);
     assert!(again.status.success(), "{again:?}");
     assert!(
