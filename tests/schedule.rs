@@ -1,7 +1,8 @@
 //! Scheduled promotions with a clock the test controls: firings at the right instants in
 //! Europe/Berlin across both daylight-saving changes, `skip` and `run_once` after an outage,
 //! no second firing of a slot after a restart (the store is really closed and reopened), and a
-//! firing during a deny window that waits or is dropped as configured, said in the event log.
+//! firing during a deny window that waits or is dropped as configured, said in the event log;
+//! a drift scan firing once per slot and not catching up after an outage.
 //!
 //! The example project (SQLite environments) is enough here: a firing only requests a
 //! promotion; the runs it requests are the same runs the ladder tests drive on PostgreSQL.
@@ -419,4 +420,59 @@ fn sluice_schedules_prints_the_next_five_firings_in_the_zone() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("policies/dev.toml:2: key `schedule`"), "{err}");
+}
+
+/// A drift scan with the controllable clock: nothing on first sight of the schedule, one scan
+/// per firing, one scan (not one per missed slot) after an outage, and the last result kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drift_scan_fires_on_its_schedule_and_does_not_catch_up() {
+    use sluice::drift::scan::{last_key, DriftScanner, ScanRecord};
+    let dir = project("environment = \"dev\"\ndrift_scan = { schedule = \"0 * * * *\" }\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["apply", "--env", "dev"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let clock = Arc::new(ManualClock::new(at("2026-05-04T09:30:00Z")));
+    let daemon = open(dir.path(), &clock);
+    let scanner = DriftScanner::new(daemon.engine.clone(), clock.clone());
+    let scans = |daemon: &Daemon| {
+        daemon
+            .engine
+            .store()
+            .events(Some("dev"))
+            .unwrap()
+            .iter()
+            .filter(|e| e.action == "drift.scanned")
+            .count()
+    };
+
+    assert!(
+        scanner.tick().await.is_empty(),
+        "first sight: scans start from now"
+    );
+    clock.set(at("2026-05-04T09:59:59Z"));
+    assert!(scanner.tick().await.is_empty());
+    clock.set(at("2026-05-04T10:00:01Z"));
+    assert_eq!(scanner.tick().await, ["dev"]);
+    assert!(scanner.tick().await.is_empty(), "one scan per firing");
+    assert_eq!(scans(&daemon), 1);
+
+    // Down from 10:00 to 15:20: five slots passed, one scan now.
+    clock.set(at("2026-05-04T15:20:00Z"));
+    assert_eq!(scanner.tick().await, ["dev"]);
+    assert!(scanner.tick().await.is_empty());
+    assert_eq!(scans(&daemon), 2);
+    let last: ScanRecord = serde_json::from_value(
+        daemon
+            .engine
+            .store()
+            .mark(&last_key("dev"))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last.at, at("2026-05-04T15:20:00Z"));
+    assert_eq!((last.differences, last.error), (0, None));
 }
