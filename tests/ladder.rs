@@ -888,6 +888,8 @@ fn a_drift_scan_records_every_look_and_announces_only_changes() {
     let (status, last) = daemon.get("/v1/environments/dev/drift", Some(DEPLOYER));
     assert_eq!(status, 200, "{last}");
     assert_eq!(last["last_scan"]["differences"], 1, "{last}");
+    let (_, view) = daemon.get("/v1/environments/dev", Some(DEPLOYER));
+    assert_eq!(view["drift"]["differences"], 1, "{view}");
 
     ladder.db("dev").psql("DROP INDEX orders_user_idx;");
     sink.wait_for("drift.resolved", Duration::from_secs(30), |calls| {

@@ -71,7 +71,10 @@ fn schemas() -> Value {
             "healthy": {"type": "boolean"}, "run_id": nullable_string,
             "active_run": {"allOf": [reference("RunSummary")], "nullable": true},
             "waiting_runs": {"type": "array", "items": reference("RunSummary")},
-            "from": nullable_string, "auto_promote": {"type": "boolean"}}},
+            "from": nullable_string, "auto_promote": {"type": "boolean"},
+            "drift": {"type": "object", "nullable": true, "properties": {
+                "at": time, "differences": {"type": "integer"}, "fingerprint": string,
+                "error": nullable_string}}}},
         "EnvironmentList": {"type": "array", "items": reference("Environment")},
         "RunState": {"type": "object", "required": ["name"], "properties": {
             "name": {"type": "string", "enum": ["queued", "gated", "locked", "snapshotted", "applying",

@@ -76,6 +76,16 @@ pub struct PromoteArgs {
     pub connection: Connection,
 }
 
+/// One drift scan in a table cell: what it found and when.
+fn describe_scan(scan: &crate::drift::scan::ScanRecord) -> String {
+    let at = scan.at.format("%Y-%m-%d %H:%M");
+    match (&scan.error, scan.differences) {
+        (Some(_), _) => format!("check failed {at}"),
+        (None, 0) => format!("clean {at}"),
+        (None, n) => format!("{n} difference(s) {at}"),
+    }
+}
+
 /// `sluice environments`.
 #[derive(Debug, Args)]
 pub struct EnvironmentsArgs {
@@ -446,7 +456,15 @@ async fn follow(backend: &Backend, ids: &[String], json_out: bool) -> Result<u8>
 fn print_environments(views: &[EnvironmentView]) {
     let mut table = Table::new();
     table.load_preset(presets::UTF8_BORDERS_ONLY);
-    table.set_header(["environment", "release", "head", "since", "healthy", "run"]);
+    table.set_header([
+        "environment",
+        "release",
+        "head",
+        "since",
+        "healthy",
+        "drift (last scan)",
+        "run",
+    ]);
     for v in views {
         table.add_row([
             v.name.clone(),
@@ -464,6 +482,10 @@ fn print_environments(views: &[EnvironmentView]) {
             } else {
                 "-".into()
             },
+            v.drift
+                .as_ref()
+                .map(describe_scan)
+                .unwrap_or_else(|| "-".into()),
             v.active_run
                 .as_ref()
                 .map(|r| format!("{} {}", short_id(&r.id), r.describe))
@@ -813,5 +835,33 @@ pub fn token(project: &Project, command: TokenCommand) -> Result<u8> {
             say!("{}", hash_token(token));
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::scan::ScanRecord;
+
+    #[test]
+    fn a_scan_cell_says_what_was_found_and_when() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-05-04T10:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let scan = |differences, error: Option<&str>| ScanRecord {
+            at,
+            differences,
+            fingerprint: String::new(),
+            error: error.map(String::from),
+        };
+        assert_eq!(describe_scan(&scan(0, None)), "clean 2026-05-04 10:00");
+        assert_eq!(
+            describe_scan(&scan(3, None)),
+            "3 difference(s) 2026-05-04 10:00"
+        );
+        assert_eq!(
+            describe_scan(&scan(0, Some("no shadow"))),
+            "check failed 2026-05-04 10:00"
+        );
     }
 }

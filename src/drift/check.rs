@@ -168,9 +168,11 @@ pub async fn check_environment(
         .retain(|m| applied_names.contains(&m.name));
 
     let flavour = server_flavour(&live_url).await?;
-    let live = introspect_url(&live_url, &format!("`{}`", env.name)).await?;
-    let (expected, source) =
-        expected_schema(env, &applied_set, &flavour, shadow.as_ref(), cache).await?;
+    let live_what = format!("`{}`", env.name);
+    let (live, (expected, source)) = tokio::try_join!(
+        introspect_url(&live_url, &live_what),
+        expected_schema(env, &applied_set, &flavour, shadow.as_ref(), cache)
+    )?;
     let (live, expected, differences) = compare(&config, &live, &expected);
     Ok(DriftReport {
         environment: env.name.clone(),

@@ -60,6 +60,9 @@ pub struct EnvironmentView {
     pub from: Option<String>,
     /// Whether releases arrive by themselves.
     pub auto_promote: bool,
+    /// The last periodic drift scan (policy `drift_scan`), if one ran.
+    #[serde(default)]
+    pub drift: Option<crate::drift::scan::ScanRecord>,
 }
 
 /// Views of every environment, in ladder order.
@@ -84,6 +87,10 @@ pub fn environment_views(engine: &Engine) -> Result<Vec<EnvironmentView>> {
             run_id: state.run_id,
             from: policy.from.clone(),
             auto_promote: policy.auto_promote,
+            drift: engine
+                .store()
+                .mark(&crate::drift::scan::last_key(&name))?
+                .and_then(|v| serde_json::from_value(v).ok()),
             name,
         });
     }
