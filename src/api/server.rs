@@ -331,20 +331,9 @@ async fn check_drift(
     Path(env): Path<String>,
 ) -> ApiResult<serde_json::Value> {
     let caller = state.authenticate(&headers)?;
-    let loaded = state.engine.loaded();
-    let environment = loaded.environment(&env)?.clone();
+    state.engine.loaded().environment(&env)?;
     caller.require(&env, Role::Viewer)?;
-    let cache = crate::drift::expected::Cache {
-        store: state.engine.store(),
-        rebuild: false,
-    };
-    let report = crate::drift::check::check_environment(
-        &environment,
-        &loaded.set,
-        &loaded.project.drift,
-        Some(cache),
-    )
-    .await?;
+    let report = state.engine.check_drift(&env).await?;
     let mut document = serde_json::to_value(&report).unwrap_or_default();
     document["summary"] = json!(report.summary());
     document["diff"] = json!(report.human());

@@ -441,19 +441,7 @@ async fn plan(
 async fn drift(chatops: &ChatOps, caller: &Caller, env: &str) -> Result<Message, Error> {
     known_env(chatops, env)?;
     require(caller, env, Role::Viewer)?;
-    let loaded = chatops.engine.loaded();
-    let environment = loaded.environment(env)?.clone();
-    let cache = crate::drift::expected::Cache {
-        store: chatops.engine.store(),
-        rebuild: false,
-    };
-    let report = crate::drift::check::check_environment(
-        &environment,
-        &loaded.set,
-        &loaded.project.drift,
-        Some(cache),
-    )
-    .await?;
+    let report = chatops.engine.check_drift(env).await?;
     let mut text = report.summary();
     if !report.is_clean() {
         text.push_str(&format!(

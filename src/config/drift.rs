@@ -109,12 +109,24 @@ pub(crate) struct RawEnvDrift {
     ignore_objects: Vec<String>,
 }
 
-fn check_names(ctx: &FileContext<'_>, key: &str, names: &[String]) -> Result<()> {
-    if names.iter().any(|n| n.trim().is_empty()) {
-        return Err(crate::error::Error::Config(format!(
-            "{}: key `drift.{key}`: names must not be empty",
-            ctx.path.display()
-        )));
+/// The `ignore_*` lists of either `[drift]` section must not hold empty names.
+fn check_ignore_lists(
+    ctx: &FileContext<'_>,
+    tables: &[String],
+    schemas: &[String],
+    objects: &[String],
+) -> Result<()> {
+    for (key, names) in [
+        ("ignore_tables", tables),
+        ("ignore_schemas", schemas),
+        ("ignore_objects", objects),
+    ] {
+        if names.iter().any(|n| n.trim().is_empty()) {
+            return Err(crate::error::Error::Config(format!(
+                "{}: key `drift.{key}`: names must not be empty",
+                ctx.path.display()
+            )));
+        }
     }
     Ok(())
 }
@@ -141,9 +153,12 @@ pub(crate) fn parse_project(
         }
         None => DriftConfig::default().history_tables,
     };
-    check_names(ctx, "ignore_tables", &raw.ignore_tables)?;
-    check_names(ctx, "ignore_schemas", &raw.ignore_schemas)?;
-    check_names(ctx, "ignore_objects", &raw.ignore_objects)?;
+    check_ignore_lists(
+        ctx,
+        &raw.ignore_tables,
+        &raw.ignore_schemas,
+        &raw.ignore_objects,
+    )?;
     Ok(DriftConfig {
         history_tables,
         ignore_tables: raw.ignore_tables,
@@ -211,9 +226,12 @@ pub(crate) fn parse_env(
     } else {
         ShadowConfig::Unset
     };
-    check_names(ctx, "ignore_tables", &raw.ignore_tables)?;
-    check_names(ctx, "ignore_schemas", &raw.ignore_schemas)?;
-    check_names(ctx, "ignore_objects", &raw.ignore_objects)?;
+    check_ignore_lists(
+        ctx,
+        &raw.ignore_tables,
+        &raw.ignore_schemas,
+        &raw.ignore_objects,
+    )?;
     Ok(EnvDriftConfig {
         shadow,
         ignore_tables: raw.ignore_tables,

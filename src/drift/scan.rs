@@ -10,8 +10,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::drift::check::check_environment;
-use crate::drift::expected::Cache;
 use crate::error::Result;
 use crate::promote::engine::{Engine, MACHINE_ACTOR};
 use crate::schedule::timing::Clock;
@@ -96,17 +94,11 @@ impl DriftScanner {
 
     /// Scans one environment now and records the result.
     async fn scan(&self, environment: &str, now: DateTime<Utc>) -> Result<()> {
-        let loaded = self.engine.loaded();
         let store = self.engine.store();
         let previous = store
             .mark(&last_key(environment))?
             .and_then(|v| serde_json::from_value::<ScanRecord>(v).ok());
-        let env = loaded.environment(environment)?;
-        let cache = Cache {
-            store,
-            rebuild: false,
-        };
-        let outcome = check_environment(env, &loaded.set, &loaded.project.drift, Some(cache)).await;
+        let outcome = self.engine.check_drift(environment).await;
         let record = match &outcome {
             Ok(report) => ScanRecord {
                 at: now,
@@ -170,15 +162,11 @@ impl DriftScanner {
 
     /// Ticks on the engine's tick until the engine stops.
     pub async fn run(self) {
-        let tick = self.engine.options.tick;
-        let mut stop = self.engine.stop_receiver();
-        while !self.engine.is_stopping() {
-            self.tick().await;
-            tokio::select! {
-                _ = tokio::time::sleep(tick) => {}
-                _ = stop.changed() => break,
-            }
-        }
-        tracing::debug!(actor = MACHINE_ACTOR, "drift scanner stopped");
+        let this = &self;
+        self.engine
+            .each_tick("drift scanner", move || async move {
+                this.tick().await;
+            })
+            .await;
     }
 }

@@ -287,6 +287,38 @@ impl Engine {
         }
     }
 
+    /// Runs `step` once per tick until the engine stops: the loop of the daemon's background
+    /// tasks (the scheduler, the drift scanner).
+    pub async fn each_tick<F, Fut>(&self, what: &str, mut step: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let tick = self.options.tick;
+        let mut stop = self.stop_receiver();
+        while !self.is_stopping() {
+            step().await;
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = stop.changed() => break,
+            }
+        }
+        tracing::debug!(actor = MACHINE_ACTOR, "{what} stopped");
+    }
+
+    /// Compares an environment with the expected schema of the migrations it has applied,
+    /// keeping expected schemas in the store; for the pre-run check, the scan, the API and Slack.
+    pub async fn check_drift(&self, environment: &str) -> Result<crate::drift::check::DriftReport> {
+        let loaded = self.loaded();
+        let env = loaded.environment(environment)?;
+        let cache = crate::drift::expected::Cache {
+            store: self.store(),
+            rebuild: false,
+        };
+        crate::drift::check::check_environment(env, &loaded.set, &loaded.project.drift, Some(cache))
+            .await
+    }
+
     /// Records a drift check's finding (`drift.detected`, `drift.resolved`) in the event log
     /// with the diff in words and as data, then tells every listener. `detail` adds keys (the
     /// policy's rule for a check before a run).

@@ -10,8 +10,6 @@ use serde_json::json;
 
 use crate::apply::{self, revert, ApplyOptions, Context, Observer, State};
 use crate::config::Environment;
-use crate::drift::check::check_environment;
-use crate::drift::expected::Cache;
 use crate::error::{Error, Result};
 use crate::health::{self, HealthOutcome, Measurement};
 use crate::migrations::classify::TxMode;
@@ -129,7 +127,7 @@ async fn locked(engine: &Arc<Engine>, loaded: &Loaded, run: &mut Run) -> Result<
     }
     let rule = loaded.policies.for_env(&run.environment).drift;
     if run.kind == RunKind::Promotion && rule != DriftRule::Off {
-        if let Some(reason) = check_drift(engine, loaded, &env, run, rule).await? {
+        if let Some(reason) = check_drift(engine, run, rule).await? {
             return halt(engine, run, reason);
         }
     }
@@ -173,19 +171,9 @@ async fn locked(engine: &Arc<Engine>, loaded: &Loaded, run: &mut Run) -> Result<
 /// Compares the environment with the expected schema of what it has applied, before the run
 /// changes anything. Returns why the run must stop, if it must. Whatever is found is in the
 /// event log and, when it differs, announced to the listeners (notifications).
-async fn check_drift(
-    engine: &Arc<Engine>,
-    loaded: &Loaded,
-    env: &Environment,
-    run: &Run,
-    rule: DriftRule,
-) -> Result<Option<String>> {
-    let cache = Cache {
-        store: engine.store(),
-        rebuild: false,
-    };
+async fn check_drift(engine: &Arc<Engine>, run: &Run, rule: DriftRule) -> Result<Option<String>> {
     let blocking = rule == DriftRule::Block;
-    match check_environment(env, &loaded.set, &loaded.project.drift, Some(cache)).await {
+    match engine.check_drift(&run.environment).await {
         Ok(report) if report.is_clean() => {
             engine.event(
                 MACHINE_ACTOR,

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::policy::{window_verdict, ClosedWindowRule, Policy, ScheduleRule, WindowVerdict};
-use crate::promote::engine::{Engine, PromotionRequest, MACHINE_ACTOR};
+use crate::promote::engine::{Engine, PromotionRequest};
 use crate::store::{Origin, RunKind};
 
 use timing::{due, Clock};
@@ -338,16 +338,12 @@ impl Scheduler {
 
     /// Ticks on the engine's tick until the engine stops.
     pub async fn run(self) {
-        let tick = self.engine.options.tick;
-        let mut stop = self.engine.stop_receiver();
-        while !self.engine.is_stopping() {
-            self.tick().await;
-            tokio::select! {
-                _ = tokio::time::sleep(tick) => {}
-                _ = stop.changed() => break,
-            }
-        }
-        tracing::debug!(actor = MACHINE_ACTOR, "scheduler stopped");
+        let this = &self;
+        self.engine
+            .each_tick("scheduler", move || async move {
+                this.tick().await;
+            })
+            .await;
     }
 }
 
