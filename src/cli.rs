@@ -316,16 +316,24 @@ pub fn main() -> ExitCode {
 
 fn exit_code_of(err: &Error) -> u8 {
     match err {
-        Error::Guard(_) | Error::Migration(_) | Error::Lock(_) | Error::Conflict(_) => 1,
+        Error::Guard(_)
+        | Error::Migration(_)
+        | Error::ChangedUnderUs(_)
+        | Error::Lock(_)
+        | Error::Conflict(_) => 1,
         _ => 2,
     }
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // The driver's own warnings (server notices such as "there is no transaction in
+    // progress", slow-statement reports) are noise beside sluice's messages unless asked for.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default_level},sqlx=error"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
@@ -571,6 +579,17 @@ async fn apply_cmd(project: &Project, args: ApplyArgs) -> Result<u8> {
     let env = project.environment(&args.env)?;
     let set = migrations::discover(&project.migrations_dir)?;
     let store = store_of(project);
+    if !args.dry_run {
+        ensure_store_free(
+            &store,
+            &env.name,
+            &format!(
+                "Ask the daemon to apply: `sluice promote --to {} --only` (a run takes the \
+                 snapshot, applies and checks health)",
+                env.name
+            ),
+        )?;
+    }
     let opts = ApplyOptions {
         to: args.to.clone(),
         dry_run: args.dry_run,
@@ -692,8 +711,24 @@ pub(crate) fn actor(by: Option<String>) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Refuses, before any database is touched, when another process holds the state store for
+/// more than a moment: a running daemon owns the environments, and a command that changed one
+/// behind its back could not even record what it did.
+fn ensure_store_free(store: &OnDemandStore, env: &str, instead: &str) -> Result<()> {
+    store
+        .ensure_free(Duration::from_secs(2))
+        .map_err(|err| match err {
+            Error::StoreInUse(path) => Error::Conflict(format!(
+                "{path}: the state store is held by another sluice process, most likely `sluice \
+                 serve`, which drives `{env}`; nothing was changed. {instead}; or stop the daemon \
+                 and run this command again"
+            )),
+            other => other,
+        })
+}
+
 fn store_of(project: &Project) -> OnDemandStore {
-    OnDemandStore::new(&project.state_dir.join("store"), Duration::from_secs(30))
+    OnDemandStore::new(&project.state_dir.join("store"), Duration::from_secs(5))
 }
 
 impl snapshot::Progress for CliObserver {
@@ -709,10 +744,16 @@ async fn snapshot_cmd(project: &Project, args: SnapshotArgs) -> Result<u8> {
     let env = project.environment(&args.env)?;
     let provider = snapshot::provider_for(&env).await?;
     let store = store_of(project);
+    ensure_store_free(
+        &store,
+        &env.name,
+        "Every run the daemon makes takes its snapshot first",
+    )?;
     let request = Request {
         actor: actor(args.by),
         reason: args.reason,
     };
+    promote::recover_environment(&env, &store, &request).await?;
     let run_id = args.run.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let observer = CliObserver::new(args.json);
     let made = promote::create_snapshot(
@@ -752,10 +793,19 @@ async fn restore_cmd(project: &Project, args: RestoreArgs) -> Result<u8> {
     let env = project.environment(&args.env)?;
     let provider = snapshot::provider_for(&env).await?;
     let store = store_of(project);
+    ensure_store_free(
+        &store,
+        &env.name,
+        &format!(
+            "To put `{}` back through the daemon: `sluice rollback --env {} --reason \"…\"`",
+            env.name, env.name
+        ),
+    )?;
     let request = Request {
         actor: actor(args.by),
         reason: Some(args.reason.trim().to_string()),
     };
+    promote::recover_environment(&env, &store, &request).await?;
     let run_id = args.run.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let observer = CliObserver::new(false);
     let restored = promote::restore_snapshot(
@@ -881,7 +931,7 @@ async fn check_cmd(project: &Project, args: CheckArgs) -> Result<u8> {
     let json = args.json;
     let sink = move |check: &str, m: &health::Measurement| {
         if !json {
-            eprintln!("{check}: {:?} {}", m.outcome, m.message);
+            eprintln!("{check}: {} {}", m.outcome, m.message);
         }
     };
     let (outcome, results) = health::run_all(&env.health, &url, &sink).await;
@@ -895,9 +945,9 @@ async fn check_cmd(project: &Project, args: CheckArgs) -> Result<u8> {
         );
     } else {
         for r in &results {
-            say!("{:<24} {:?}: {}", r.name, r.outcome, r.summary);
+            say!("{:<24} {}: {}", r.name, r.outcome, r.summary);
         }
-        say!("`{}` is {:?}", env.name, outcome);
+        say!("`{}`: {}", env.name, outcome);
     }
     Ok(if outcome == health::HealthOutcome::Successful {
         0

@@ -109,6 +109,12 @@ impl Client {
         self.send(Method::GET, &path, None).await
     }
 
+    /// The newest release the daemon recorded (`GET /v1/releases`' `head`).
+    pub async fn head_release(&self) -> Result<Option<String>> {
+        let answer: Value = self.send(Method::GET, "/v1/releases", None).await?;
+        Ok(answer["head"].as_str().map(str::to_string))
+    }
+
     /// `GET /v1/runs/{id}`.
     pub async fn run(&self, id: &str) -> Result<RunView> {
         self.send(Method::GET, &format!("/v1/runs/{}", segment(id)), None)

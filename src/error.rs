@@ -25,6 +25,10 @@ pub enum Error {
     /// A migration's SQL failed on the server.
     #[error("{0}")]
     Migration(Box<MigrationFailure>),
+    /// The target changed between the snapshot taken for an apply and its migration lock:
+    /// another deploy ran in between, so nothing was applied.
+    #[error("{0}")]
+    ChangedUnderUs(Box<ChangedUnderUs>),
     /// Talking to the database failed outside a migration's own SQL.
     #[error("{context}: {message}")]
     Database {
@@ -48,6 +52,10 @@ pub enum Error {
     /// A rule forbids the request for this caller (self-approval, not an allowed approver).
     #[error("{0}")]
     Refused(String),
+    /// The state store is held by another sluice process (sled allows one at a time): a
+    /// running daemon, or another command for a moment.
+    #[error("{0}: the state store is in use by another sluice process (sled allows one process at a time)")]
+    StoreInUse(String),
     /// A local file could not be read or written.
     #[error("{path}: {message}")]
     Io {
@@ -73,6 +81,52 @@ impl Error {
             path: path.display().to_string(),
             message: err.to_string(),
         }
+    }
+}
+
+/// What another deploy changed between a snapshot and the migration lock that followed it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChangedUnderUs {
+    /// The environment.
+    pub environment: String,
+    /// What was pending when the snapshot was taken.
+    pub expected: Vec<String>,
+    /// What is pending under the lock.
+    pub pending: Vec<String>,
+    /// Migrations of `expected` that someone else applied meanwhile, each with who and when.
+    pub applied_meanwhile: Vec<String>,
+}
+
+impl ChangedUnderUs {
+    /// What changed, in one sentence, without advice (callers know what comes next).
+    pub fn facts(&self) -> String {
+        let mut text = format!(
+            "`{}` changed between the snapshot and the migration lock",
+            self.environment
+        );
+        if !self.applied_meanwhile.is_empty() {
+            text.push_str(&format!(
+                ": another deploy applied {}",
+                self.applied_meanwhile.join(", ")
+            ));
+        }
+        text.push_str(&format!(
+            ". The snapshot was taken to apply [{}]; pending now: [{}]. Nothing was applied and \
+             nothing was undone",
+            self.expected.join(", "),
+            self.pending.join(", ")
+        ));
+        text
+    }
+}
+
+impl fmt::Display for ChangedUnderUs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}.\nnext: run the command again; it plans against what is there now and takes a new snapshot",
+            self.facts()
+        )
     }
 }
 

@@ -1332,27 +1332,61 @@ fn describe_sqlx(err: &sqlx::Error) -> String {
 
 /// A PostgreSQL connection inside `BEGIN READ ONLY` with statement and lock timeouts set to
 /// what is left of the measurement's time.
+///
+/// A database that refuses connections because they are blocked (`datallowconn = false`, as a
+/// template copy by another process does for a moment) says nothing about the release's
+/// health: that measurement is inconclusive, not an error.
 async fn pg_read_only(
     options: &PgConnectOptions,
     timeout: Duration,
     started: Instant,
-) -> Result<PgConnection, String> {
-    let mut conn = options
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to the database: {}", describe_sqlx(&e)))?;
+) -> Result<PgConnection, Observation> {
+    let connected = loop {
+        match options.connect().await {
+            Err(e) if connections_blocked(&e) && started.elapsed() + BLOCKED_RETRY < timeout => {
+                tokio::time::sleep(BLOCKED_RETRY).await;
+            }
+            other => break other,
+        }
+    };
+    let mut conn = connected.map_err(|e| {
+        let message = format!("cannot connect to the database: {}", describe_sqlx(&e));
+        if connections_blocked(&e) {
+            Observation::new(
+                MeasurementOutcome::Inconclusive,
+                None,
+                format!(
+                    "{message}; its connections are blocked for now (another process copying it \
+                     for a snapshot?), so this measurement judges nothing"
+                ),
+            )
+        } else {
+            Observation::error(message)
+        }
+    })?;
     let left = timeout.saturating_sub(started.elapsed()).as_millis().max(1);
     let setup = format!(
         "BEGIN READ ONLY; SET LOCAL statement_timeout = {left}; SET LOCAL lock_timeout = {left}"
     );
     if let Err(e) = conn.execute(setup.as_str()).await {
         finish_pg(conn);
-        return Err(format!(
+        return Err(Observation::error(format!(
             "cannot start a read-only transaction: {}",
             describe_sqlx(&e)
-        ));
+        )));
     }
     Ok(conn)
+}
+
+/// How long a measurement waits before it tries again to connect to a database whose
+/// connections are blocked for a moment.
+const BLOCKED_RETRY: Duration = Duration::from_millis(200);
+
+/// Whether the server refused a connection because the database does not accept connections
+/// now (SQLSTATE 55000, `datallowconn = false`).
+fn connections_blocked(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|d| d.code().as_deref() == Some("55000"))
 }
 
 /// Rolls back and closes in the background, so a slow goodbye never costs a measurement.
@@ -1413,7 +1447,7 @@ impl SqlProbe {
             Db::Postgres(options) => {
                 let mut conn = match pg_read_only(options, self.timeout, started).await {
                     Ok(c) => c,
-                    Err(e) => return Observation::error(e),
+                    Err(observed) => return observed,
                 };
                 let got = match sqlx::query(&self.check.query)
                     .persistent(false)
@@ -1757,7 +1791,7 @@ impl SchemaProbe {
             Db::Postgres(options) => {
                 let mut conn = match pg_read_only(options, self.timeout, started).await {
                     Ok(c) => c,
-                    Err(e) => return Observation::error(e),
+                    Err(observed) => return observed,
                 };
                 let found = self.catalog_pg(&mut conn).await;
                 finish_pg(conn);

@@ -16,7 +16,9 @@ use crate::apply::{self, ApplyOptions, ApplyOutcome, Context, Observer};
 use crate::config::Environment;
 use crate::error::{Error, Result};
 use crate::migrations::MigrationSet;
-use crate::snapshot::{self, retention, Progress, Restored, Snapshot, SnapshotProvider};
+use crate::snapshot::{
+    self, retention, Hazard, HazardLog, NotedHazard, Progress, Restored, Snapshot, SnapshotProvider,
+};
 use crate::store::{Event, LastSuccess, SnapshotRecord, Store};
 use crate::target;
 
@@ -71,6 +73,11 @@ pub async fn run_apply(
 ) -> Result<RunOutcome> {
     let (observer, progress): (&dyn Observer, &dyn Progress) = (reporter, reporter);
     let mut opts = opts;
+    if !opts.dry_run {
+        for line in recover_environment(env, store, request).await? {
+            progress.update(&line);
+        }
+    }
     let mut target = target::connect(env).await?;
     let ctx = Context::new(env, set, target.as_ref())?;
     let mut taken = None;
@@ -104,8 +111,10 @@ pub async fn run_apply(
         });
     }
     let snapshot_name = taken.as_ref().map(|s| s.name.clone());
-    match &result {
-        Ok(outcome) => {
+    // The database is the truth: once it has answered, a failure to record the answer in the
+    // store is reported beside it, never instead of it.
+    let recorded = match &result {
+        Ok(outcome) => (|| {
             if !outcome.applied.is_empty() {
                 store.set_last_success(
                     &env.name,
@@ -121,16 +130,22 @@ pub async fn run_apply(
                 request,
                 "apply.succeeded",
                 json!({"run_id": opts.run_id, "applied": outcome.applied, "snapshot": snapshot_name}),
-            ))?;
-        }
-        Err(err) => {
-            store.append_event(&event(
-                env,
-                request,
-                "apply.failed",
-                json!({"run_id": opts.run_id, "error": err.to_string(), "snapshot": snapshot_name}),
-            ))?;
-        }
+            ))
+        })(),
+        Err(err) => store.append_event(&event(
+            env,
+            request,
+            "apply.failed",
+            json!({"run_id": opts.run_id, "error": err.to_string(), "snapshot": snapshot_name}),
+        )),
+    };
+    if let Err(store_err) = recorded {
+        tracing::error!(
+            environment = %env.name,
+            run = %opts.run_id,
+            "the outcome of this apply is in the database's history table but could not be \
+             recorded in the state store: {store_err}"
+        );
     }
     let apply = result?;
     closed?;
@@ -139,6 +154,76 @@ pub async fn run_apply(
         snapshot: taken,
         apply,
     })
+}
+
+/// The state store as one environment's hazard log: marks under `hazard/<env>/`.
+pub struct StoreHazards<'a> {
+    store: &'a dyn Store,
+    prefix: String,
+}
+
+impl<'a> StoreHazards<'a> {
+    /// The hazard log of `environment` in `store`.
+    pub fn new(store: &'a dyn Store, environment: &str) -> StoreHazards<'a> {
+        StoreHazards {
+            store,
+            prefix: format!("hazard/{environment}/"),
+        }
+    }
+}
+
+impl HazardLog for StoreHazards<'_> {
+    fn note(&self, hazard: &Hazard, run_id: &str) -> Result<()> {
+        let noted = NotedHazard {
+            hazard: hazard.clone(),
+            run_id: run_id.to_string(),
+            at: Utc::now(),
+        };
+        self.store.put_mark(
+            &format!("{}{}", self.prefix, hazard.key()),
+            &serde_json::to_value(&noted).unwrap_or_default(),
+        )
+    }
+
+    fn clear(&self, hazard: &Hazard) -> Result<()> {
+        self.store
+            .remove_mark(&format!("{}{}", self.prefix, hazard.key()))
+    }
+
+    fn open(&self) -> Result<Vec<NotedHazard>> {
+        Ok(self
+            .store
+            .marks(&self.prefix)?
+            .into_iter()
+            .filter_map(|(_, value)| serde_json::from_value(value).ok())
+            .collect())
+    }
+}
+
+/// Undoes what a crashed snapshot or restore left on `env` (connections blocked for a template
+/// copy), before anything else connects to it; each thing undone goes to the audit log.
+/// Nothing to do, or no snapshot configured, costs one store read.
+pub async fn recover_environment(
+    env: &Environment,
+    store: &dyn Store,
+    request: &Request,
+) -> Result<Vec<String>> {
+    let hazards = StoreHazards::new(store, &env.name);
+    if env.snapshot.is_none() || hazards.open()?.is_empty() {
+        return Ok(Vec::new());
+    }
+    let provider = snapshot::provider_for(env).await?;
+    let done = provider.recover(&hazards).await?;
+    for line in &done {
+        tracing::info!(environment = %env.name, "{line}");
+        store.append_event(&event(
+            env,
+            request,
+            "snapshot.recovered",
+            json!({"provider": provider.kind(), "done": line}),
+        ))?;
+    }
+    Ok(done)
 }
 
 /// Makes the snapshot for `run_id` and records it.
@@ -156,7 +241,8 @@ pub async fn create_snapshot(
         "snapshot.requested",
         json!({"run_id": run_id, "name": provider.snapshot_name(run_id), "provider": provider.kind()}),
     ))?;
-    let made = provider.create(run_id, progress).await?;
+    let hazards = StoreHazards::new(store, &env.name);
+    let made = provider.create(run_id, progress, &hazards).await?;
     store.record_snapshot(
         &env.name,
         &SnapshotRecord {
@@ -193,7 +279,8 @@ pub async fn restore_snapshot(
         "restore.requested",
         json!({"run_id": run_id, "snapshot": name, "provider": provider.kind()}),
     ))?;
-    let result = provider.restore(name, run_id, progress).await;
+    let hazards = StoreHazards::new(store, &env.name);
+    let result = provider.restore(name, run_id, progress, &hazards).await;
     match &result {
         Ok(restored) => store.append_event(&event(
             env,

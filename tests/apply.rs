@@ -415,14 +415,19 @@ fn a_non_transactional_migration_runs_statement_by_statement_and_resumes_after_a
     );
     assert_eq!(
         history(&db),
-        [format!("{M1}:finished"), format!("{M2}:finished")]
+        [
+            format!("{M1}:finished"),
+            format!("{M2}:rolled_back"),
+            format!("{M2}:finished")
+        ],
+        "the failed attempt keeps its row, marked rolled back; the retry has its own"
     );
     let (checksum, logs) = (
         db.psql(&format!(
-            "SELECT checksum FROM _prisma_migrations WHERE migration_name = '{M2}'"
+            "SELECT checksum FROM _prisma_migrations WHERE migration_name = '{M2}' AND rolled_back_at IS NULL"
         )),
         db.psql(&format!(
-            "SELECT coalesce(logs, 'NULL') FROM _prisma_migrations WHERE migration_name = '{M2}'"
+            "SELECT coalesce(logs, 'NULL') FROM _prisma_migrations WHERE migration_name = '{M2}' AND rolled_back_at IS NULL"
         )),
     );
     assert_eq!(

@@ -176,6 +176,11 @@ fn crash_at(point: &str, failing_health: bool, gated: bool) {
         1,
         "data from before the run is still there"
     );
+    assert_eq!(
+        databases_refusing_connections(&s.db),
+        "",
+        "every database accepts connections again"
+    );
 }
 
 macro_rules! crash_tests {
@@ -191,6 +196,8 @@ crash_tests! {
     killed_while_queued: "run-state:queued", false, false;
     killed_while_gated: "run-state:gated", false, true;
     killed_while_locked: "run-state:locked", false, false;
+    item01_killed_while_the_template_copy_blocks_connections: "snapshot-isolated", false, false;
+    item01_killed_while_a_restore_blocks_connections: "restore-between-renames", true, false;
     killed_while_snapshotted: "run-state:snapshotted", false, false;
     killed_while_applying_the_first_migration: "run-state:applying:1", false, false;
     killed_while_applying_the_third_migration: "run-state:applying:3", false, false;

@@ -22,7 +22,7 @@ use neon_fake::{Endpoint, FakeNeon, Fault, ENV_BRANCH};
 use serde_json::json;
 use sluice::config::{Environment, ProviderConfig};
 use sluice::snapshot::neon::NeonSnapshots;
-use sluice::snapshot::{Progress, SnapshotKind, SnapshotProvider};
+use sluice::snapshot::{NoHazards, Progress, SnapshotKind, SnapshotProvider};
 use sluice::Error;
 
 const PROJECT: &str = "proj-1";
@@ -171,7 +171,7 @@ async fn happy_path(h: &Harness) {
     assert_eq!(p.snapshot_name(RUN), name);
 
     let snap = p
-        .create(RUN, &h.lines)
+        .create(RUN, &h.lines, &NoHazards)
         .await
         .unwrap_or_else(|e| panic!("create: {}", h.text(&e)));
     assert_eq!(snap.name, name);
@@ -200,7 +200,7 @@ async fn happy_path(h: &Harness) {
     );
 
     let again = p
-        .create(RUN, &h.lines)
+        .create(RUN, &h.lines, &NoHazards)
         .await
         .unwrap_or_else(|e| panic!("create again: {}", h.text(&e)));
     assert_eq!(again.name, name);
@@ -225,7 +225,7 @@ async fn happy_path(h: &Harness) {
     }
 
     let restored = p
-        .restore(&name, RUN, &h.lines)
+        .restore(&name, RUN, &h.lines, &NoHazards)
         .await
         .unwrap_or_else(|e| panic!("restore: {}", h.text(&e)));
     assert_eq!(restored.snapshot, name);
@@ -250,7 +250,7 @@ async fn happy_path(h: &Harness) {
     }
 
     let again = p
-        .restore(&name, RUN, &h.lines)
+        .restore(&name, RUN, &h.lines, &NoHazards)
         .await
         .unwrap_or_else(|e| panic!("restore again: {}", h.text(&e)));
     assert_eq!(again.preserved_as, preserved);
@@ -379,7 +379,10 @@ async fn retry_after_is_honoured() {
         1,
     );
     let started = Instant::now();
-    h.provider.create(RUN, &h.lines).await.expect("create");
+    h.provider
+        .create(RUN, &h.lines, &NoHazards)
+        .await
+        .expect("create");
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "{:?}",
@@ -396,7 +399,7 @@ async fn a_failed_operation_is_a_clear_error() {
         .inject(Endpoint::CreateBranch, Fault::FailOperations, 1);
     let err = h
         .provider
-        .create(RUN, &h.lines)
+        .create(RUN, &h.lines, &NoHazards)
         .await
         .expect_err("the operation fails");
     assert!(matches!(err, Error::Snapshot(_)), "{err:?}");
@@ -420,7 +423,7 @@ async fn a_lost_create_answer_leaves_exactly_one_branch() {
         h.fake.inject(Endpoint::CreateBranch, fault.clone(), 1);
         let snap = h
             .provider
-            .create(RUN, &h.lines)
+            .create(RUN, &h.lines, &NoHazards)
             .await
             .unwrap_or_else(|e| panic!("{fault:?}: {}", h.text(&e)));
         assert_eq!(
@@ -459,7 +462,10 @@ async fn a_create_refused_with_5xx_before_acting_is_sent_again() {
     let h = Harness::start("1m");
     h.fake
         .inject(Endpoint::CreateBranch, Fault::Unavailable(502), 1);
-    h.provider.create(RUN, &h.lines).await.expect("create");
+    h.provider
+        .create(RUN, &h.lines, &NoHazards)
+        .await
+        .expect("create");
     let s = h.fake.state();
     assert_eq!(
         s.count("POST", "/branches"),
@@ -473,14 +479,17 @@ async fn a_create_refused_with_5xx_before_acting_is_sent_again() {
 async fn a_lost_restore_answer_is_not_sent_twice() {
     for fault in [Fault::LostResponse, Fault::DropConnection] {
         let h = Harness::start("1m");
-        h.provider.create(RUN, &h.lines).await.expect("create");
+        h.provider
+            .create(RUN, &h.lines, &NoHazards)
+            .await
+            .expect("create");
         if let Some(env) = h.fake.state().branch_mut(ENV_BRANCH) {
             env.data = "v2-broken".into();
         }
         h.fake.inject(Endpoint::Restore, fault.clone(), 1);
         let restored = h
             .provider
-            .restore(&snap_name(), RUN, &h.lines)
+            .restore(&snap_name(), RUN, &h.lines, &NoHazards)
             .await
             .unwrap_or_else(|e| panic!("{fault:?}: {}", h.text(&e)));
         assert_eq!(restored.preserved_as, preserved_name());
@@ -500,7 +509,10 @@ async fn a_lost_restore_answer_is_not_sent_twice() {
 #[tokio::test]
 async fn a_lost_delete_answer_is_retried_and_meets_204() {
     let h = Harness::start("1m");
-    h.provider.create(RUN, &h.lines).await.expect("create");
+    h.provider
+        .create(RUN, &h.lines, &NoHazards)
+        .await
+        .expect("create");
     h.fake
         .inject(Endpoint::DeleteBranch, Fault::LostResponse, 1);
     h.provider.delete(&snap_name()).await.expect("delete");
@@ -517,7 +529,7 @@ async fn the_deadline_ends_a_wait_with_a_clear_error() {
     let started = Instant::now();
     let err = h
         .provider
-        .create(RUN, &h.lines)
+        .create(RUN, &h.lines, &NoHazards)
         .await
         .expect_err("never finishes");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -542,7 +554,7 @@ async fn the_deadline_ends_retries_with_a_clear_error() {
     let started = Instant::now();
     let err = h
         .provider
-        .create(RUN, &h.lines)
+        .create(RUN, &h.lines, &NoHazards)
         .await
         .expect_err("always locked");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -567,9 +579,12 @@ async fn a_wrong_api_key_is_refused_without_repeating_it() {
     let h = Harness::with(fake, &url, &wrong, "1m");
     let errors = vec![
         h.provider.list().await.expect_err("list"),
-        h.provider.create(RUN, &h.lines).await.expect_err("create"),
         h.provider
-            .restore(&snap_name(), RUN, &h.lines)
+            .create(RUN, &h.lines, &NoHazards)
+            .await
+            .expect_err("create"),
+        h.provider
+            .restore(&snap_name(), RUN, &h.lines, &NoHazards)
             .await
             .expect_err("restore"),
         h.provider.delete(&snap_name()).await.expect_err("delete"),
@@ -593,7 +608,7 @@ async fn restoring_a_snapshot_that_does_not_exist_is_refused() {
     let h = Harness::start("1m");
     let err = h
         .provider
-        .restore("sluice-snap-nothere", RUN, &h.lines)
+        .restore("sluice-snap-nothere", RUN, &h.lines, &NoHazards)
         .await
         .expect_err("no such snapshot");
     let text = h.text(&err);
@@ -638,9 +653,12 @@ async fn a_restore_moves_children_to_the_preserved_branch_which_then_cannot_be_d
         .fake
         .state()
         .add_branch("feature-x", Some(ENV_BRANCH), "v1 + feature");
-    h.provider.create(RUN, &h.lines).await.expect("create");
     h.provider
-        .restore(&snap_name(), RUN, &h.lines)
+        .create(RUN, &h.lines, &NoHazards)
+        .await
+        .expect("create");
+    h.provider
+        .restore(&snap_name(), RUN, &h.lines, &NoHazards)
         .await
         .expect("restore");
     {
@@ -680,7 +698,10 @@ async fn listing_follows_pages() {
     h.fake.state().page_cap = 2;
     let runs = ["aaaaaaaa-0001", "bbbbbbbb-0002", "cccccccc-0003"];
     for run in runs {
-        h.provider.create(run, &h.lines).await.expect("create");
+        h.provider
+            .create(run, &h.lines, &NoHazards)
+            .await
+            .expect("create");
     }
     let listed = h.provider.list().await.expect("list");
     let names: Vec<&str> = listed.iter().map(|s| s.name.as_str()).collect();
@@ -695,7 +716,7 @@ async fn listing_follows_pages() {
     assert!(listed.windows(2).all(|w| w[0].created_at < w[1].created_at));
     // A create for the first run finds its branch again, wherever it sits in the pages.
     h.provider
-        .create(runs[0], &h.lines)
+        .create(runs[0], &h.lines, &NoHazards)
         .await
         .expect("create again");
     assert_eq!(h.fake.state().create_bodies.len(), 3);
@@ -704,7 +725,10 @@ async fn listing_follows_pages() {
 #[tokio::test]
 async fn fields_the_spec_requires_but_sluice_does_not_read_may_be_missing() {
     let h = Harness::start("1m");
-    h.provider.create(RUN, &h.lines).await.expect("create");
+    h.provider
+        .create(RUN, &h.lines, &NoHazards)
+        .await
+        .expect("create");
     h.fake.inject(Endpoint::ListBranches, Fault::ViolateSpec, 1);
     assert_eq!(h.provider.list().await.expect("list").len(), 1);
 }
@@ -911,7 +935,7 @@ async fn prism_fault_answers_conform_to_the_spec() {
         .inject(Endpoint::CreateBranch, Fault::FailOperations, 1);
     let err = h
         .provider
-        .create("dddddddd-0004", &h.lines)
+        .create("dddddddd-0004", &h.lines, &NoHazards)
         .await
         .expect_err("fails");
     assert!(h.text(&err).contains("pageserver did not answer"), "{err}");
@@ -935,7 +959,10 @@ async fn prism_fault_answers_conform_to_the_spec() {
 #[ignore = "needs prism (npm @stoplight/prism-cli); .ci/run provides it"]
 async fn prism_rejects_answers_that_break_the_spec() {
     let (h, prism) = behind_prism("1m");
-    h.provider.create(RUN, &h.lines).await.expect("create");
+    h.provider
+        .create(RUN, &h.lines, &NoHazards)
+        .await
+        .expect("create");
     h.fake
         .inject(Endpoint::ListBranches, Fault::ViolateSpec, 10_000);
 

@@ -18,7 +18,7 @@ use sluice::snapshot::rds::{
     ApiError, ClusterInfo, ClusterMember, InstanceInfo, RdsApi, RdsSnapshots, RdsTarget,
     SnapshotInfo,
 };
-use sluice::snapshot::{Progress, SnapshotKind, SnapshotProvider};
+use sluice::snapshot::{NoHazards, Progress, SnapshotKind, SnapshotProvider};
 
 const RUN: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
 const TOKEN: &str = "7c9e66797425";
@@ -705,7 +705,10 @@ async fn create_waits_for_the_snapshot_and_reports_progress() {
     assert_eq!(provider.snapshot_name(RUN), snap_name());
 
     let progress = Recorder::default();
-    let snap = provider.create(RUN, &progress).await.expect("create");
+    let snap = provider
+        .create(RUN, &progress, &NoHazards)
+        .await
+        .expect("create");
     assert_eq!(snap.name, snap_name());
     assert_eq!(snap.kind, SnapshotKind::Snapshot);
     assert_eq!(snap.status, "available");
@@ -748,7 +751,7 @@ async fn throttled_calls_are_retried_until_they_succeed() {
     }
     let provider = instance_provider(&fake);
     let snap = provider
-        .create(RUN, &Recorder::default())
+        .create(RUN, &Recorder::default(), &NoHazards)
         .await
         .expect("create despite throttling");
     assert_eq!(snap.status, "available");
@@ -760,7 +763,7 @@ async fn throttled_calls_are_retried_until_they_succeed() {
     assert_eq!(fake.state().snapshots.len(), 1, "exactly one snapshot");
 
     let restored = provider
-        .restore(&snap.name, RUN, &Recorder::default())
+        .restore(&snap.name, RUN, &Recorder::default(), &NoHazards)
         .await
         .expect("restore despite throttling");
     assert_eq!(restored.preserved_as, preserved());
@@ -789,7 +792,7 @@ async fn throttling_past_the_deadline_is_a_clear_error_and_changes_nothing() {
     );
     let provider = instance_provider(&fake);
     let err = provider
-        .restore(&snap_name(), RUN, &Recorder::default())
+        .restore(&snap_name(), RUN, &Recorder::default(), &NoHazards)
         .await
         .expect_err("throttled until the deadline")
         .to_string();
@@ -817,7 +820,7 @@ async fn snapshot_stuck_creating_past_the_deadline_is_kept_and_named() {
     let provider = instance_provider(&fake);
     let started = std::time::Instant::now();
     let err = provider
-        .create(RUN, &Recorder::default())
+        .create(RUN, &Recorder::default(), &NoHazards)
         .await
         .expect_err("stuck snapshot")
         .to_string();
@@ -861,7 +864,7 @@ async fn snapshot_that_fails_is_reported_and_kept() {
     }
     let provider = instance_provider(&fake);
     let err = provider
-        .create(RUN, &Recorder::default())
+        .create(RUN, &Recorder::default(), &NoHazards)
         .await
         .expect_err("failed snapshot")
         .to_string();
@@ -882,7 +885,7 @@ async fn create_retried_with_the_same_run_makes_exactly_one_snapshot() {
     let provider = instance_provider(&fake);
     // First attempt: the snapshot does not finish in time (like a crash while waiting).
     provider
-        .create(RUN, &Recorder::default())
+        .create(RUN, &Recorder::default(), &NoHazards)
         .await
         .expect_err("times out");
     // It finishes in the background; the retry of the same run finds it.
@@ -892,12 +895,12 @@ async fn create_retried_with_the_same_run_makes_exactly_one_snapshot() {
             .insert(format!("snap:{}", snap_name()), Some(2));
     }
     let again = provider
-        .create(RUN, &Recorder::default())
+        .create(RUN, &Recorder::default(), &NoHazards)
         .await
         .expect("the retry waits for the same snapshot");
     assert_eq!(again.name, snap_name());
     let third = provider
-        .create(RUN, &Recorder::default())
+        .create(RUN, &Recorder::default(), &NoHazards)
         .await
         .expect("a third call returns it at once");
     assert_eq!(third.name, snap_name());
@@ -912,7 +915,7 @@ async fn restore_keeps_the_old_instance_and_copies_its_settings() {
     let provider = instance_provider(&fake);
     let progress = Recorder::default();
     let restored = provider
-        .restore(&snap_name(), RUN, &progress)
+        .restore(&snap_name(), RUN, &progress, &NoHazards)
         .await
         .expect("restore");
     assert_eq!(restored.snapshot, snap_name());
@@ -950,7 +953,7 @@ async fn failed_restore_renames_the_instance_back_and_deletes_nothing() {
     );
     let provider = instance_provider(&fake);
     let err = provider
-        .restore(&snap_name(), RUN, &Recorder::default())
+        .restore(&snap_name(), RUN, &Recorder::default(), &NoHazards)
         .await
         .expect_err("restore fails")
         .to_string();
@@ -987,7 +990,7 @@ async fn a_restore_whose_answer_was_lost_is_not_undone() {
     }
     let provider = instance_provider(&fake);
     let restored = provider
-        .restore(&snap_name(), RUN, &Recorder::default())
+        .restore(&snap_name(), RUN, &Recorder::default(), &NoHazards)
         .await
         .expect("the restore went through although its answer was lost");
     assert_eq!(restored.preserved_as, preserved());
@@ -1006,7 +1009,7 @@ async fn restore_resumes_after_a_crash_between_rename_and_restore() {
     // flight (the future is dropped).
     let first = tokio::time::timeout(
         Duration::from_millis(150),
-        provider.restore(&snap_name(), RUN, &Recorder::default()),
+        provider.restore(&snap_name(), RUN, &Recorder::default(), &NoHazards),
     )
     .await;
     assert!(first.is_err(), "the first attempt was cut off");
@@ -1018,7 +1021,7 @@ async fn restore_resumes_after_a_crash_between_rename_and_restore() {
     // A new process resumes with the same run.
     let provider = instance_provider(&fake);
     let restored = provider
-        .restore(&snap_name(), RUN, &Recorder::default())
+        .restore(&snap_name(), RUN, &Recorder::default(), &NoHazards)
         .await
         .expect("resumed restore");
     assert_eq!(restored.preserved_as, preserved());
@@ -1041,7 +1044,7 @@ async fn restore_resumed_while_the_restored_instance_is_creating_just_waits() {
     let provider = instance_provider(&fake);
     // State left by a crash after the restore call was accepted.
     provider
-        .restore(&snap_name(), RUN, &Recorder::default())
+        .restore(&snap_name(), RUN, &Recorder::default(), &NoHazards)
         .await
         .expect("first restore");
     {
@@ -1051,7 +1054,7 @@ async fn restore_resumed_while_the_restored_instance_is_creating_just_waits() {
         st.log.clear();
     }
     provider
-        .restore(&snap_name(), RUN, &Recorder::default())
+        .restore(&snap_name(), RUN, &Recorder::default(), &NoHazards)
         .await
         .expect("resumed restore");
     assert_eq!(fake.calls("ModifyDBInstance"), 0);
@@ -1066,7 +1069,12 @@ async fn restore_refuses_missing_unavailable_and_foreign_snapshots() {
     fake.add_snapshot("sluice-staging-db-abc", "staging-db", "available", 3);
     let provider = instance_provider(&fake);
     let missing = provider
-        .restore("sluice-prod-db-nosuch", RUN, &Recorder::default())
+        .restore(
+            "sluice-prod-db-nosuch",
+            RUN,
+            &Recorder::default(),
+            &NoHazards,
+        )
         .await
         .expect_err("missing")
         .to_string();
@@ -1075,7 +1083,12 @@ async fn restore_refuses_missing_unavailable_and_foreign_snapshots() {
         "{missing}"
     );
     let busy = provider
-        .restore("sluice-prod-db-creating1", RUN, &Recorder::default())
+        .restore(
+            "sluice-prod-db-creating1",
+            RUN,
+            &Recorder::default(),
+            &NoHazards,
+        )
         .await
         .expect_err("not available")
         .to_string();
@@ -1084,7 +1097,12 @@ async fn restore_refuses_missing_unavailable_and_foreign_snapshots() {
         "{busy}"
     );
     let foreign = provider
-        .restore("sluice-staging-db-abc", RUN, &Recorder::default())
+        .restore(
+            "sluice-staging-db-abc",
+            RUN,
+            &Recorder::default(),
+            &NoHazards,
+        )
         .await
         .expect_err("foreign")
         .to_string();
@@ -1098,7 +1116,7 @@ async fn delete_takes_only_what_sluice_made_and_keeps_a_final_snapshot() {
     let fake = fake_with_snapshot();
     let provider = instance_provider(&fake);
     provider
-        .restore(&snap_name(), RUN, &Recorder::default())
+        .restore(&snap_name(), RUN, &Recorder::default(), &NoHazards)
         .await
         .expect("restore");
     for refused in [
@@ -1196,12 +1214,12 @@ async fn cluster_restore_moves_cluster_and_instances_away_and_recreates_them() {
     let provider = cluster_provider(&fake);
     assert_eq!(provider.kind(), "rds-cluster");
     let snap = provider
-        .create(RUN, &Recorder::default())
+        .create(RUN, &Recorder::default(), &NoHazards)
         .await
         .expect("create");
     assert_eq!(snap.name, format!("sluice-prod-aurora-{TOKEN}"));
     let restored = provider
-        .restore(&snap.name, RUN, &Recorder::default())
+        .restore(&snap.name, RUN, &Recorder::default(), &NoHazards)
         .await
         .expect("restore");
     let pc = format!("prod-aurora-failed-{TOKEN}");
@@ -1242,7 +1260,7 @@ async fn cluster_restore_moves_cluster_and_instances_away_and_recreates_them() {
     }
     // Running it again is a no-op that reports the same result.
     let again = provider
-        .restore(&snap.name, RUN, &Recorder::default())
+        .restore(&snap.name, RUN, &Recorder::default(), &NoHazards)
         .await
         .expect("idempotent");
     assert_eq!(again.preserved_as, pc);
@@ -1281,7 +1299,7 @@ async fn failed_cluster_restore_puts_cluster_and_instances_back() {
     fake.state().snapshot_polls = Some(1);
     let provider = cluster_provider(&fake);
     let snap = provider
-        .create(RUN, &Recorder::default())
+        .create(RUN, &Recorder::default(), &NoHazards)
         .await
         .expect("create");
     fake.state().fail_restore = Some(ApiError::new(
@@ -1291,7 +1309,7 @@ async fn failed_cluster_restore_puts_cluster_and_instances_back() {
         "subnet group has no subnets",
     ));
     let err = provider
-        .restore(&snap.name, RUN, &Recorder::default())
+        .restore(&snap.name, RUN, &Recorder::default(), &NoHazards)
         .await
         .expect_err("restore fails")
         .to_string();
@@ -1482,12 +1500,15 @@ async fn moto_instance_create_list_restore_delete() {
         .expect("provider");
     let progress = Recorder::default();
     let snap = provider
-        .create(RUN, &progress)
+        .create(RUN, &progress, &NoHazards)
         .await
         .expect("create snapshot");
     assert_eq!(snap.name, snap_name());
     assert_eq!(snap.status, "available");
-    let again = provider.create(RUN, &progress).await.expect("create again");
+    let again = provider
+        .create(RUN, &progress, &NoHazards)
+        .await
+        .expect("create again");
     assert_eq!(again.name, snap.name);
 
     let listed = provider.list().await.expect("list");
@@ -1497,7 +1518,7 @@ async fn moto_instance_create_list_restore_delete() {
 
     drop_moto_automated_snapshots(&client).await;
     let restored = provider
-        .restore(&snap.name, RUN, &progress)
+        .restore(&snap.name, RUN, &progress, &NoHazards)
         .await
         .expect("restore");
     assert_eq!(restored.preserved_as, preserved());
@@ -1521,7 +1542,7 @@ async fn moto_instance_create_list_restore_delete() {
 
     // Restoring again with the same run is a no-op.
     provider
-        .restore(&snap.name, RUN, &progress)
+        .restore(&snap.name, RUN, &progress, &NoHazards)
         .await
         .expect("restore again");
 
@@ -1606,7 +1627,7 @@ async fn moto_cluster_create_list_restore_delete() {
         .expect("provider");
     let progress = Recorder::default();
     let snap = provider
-        .create(RUN, &progress)
+        .create(RUN, &progress, &NoHazards)
         .await
         .expect("create snapshot");
     assert_eq!(snap.name, format!("sluice-prod-aurora-{TOKEN}"));
@@ -1621,7 +1642,7 @@ async fn moto_cluster_create_list_restore_delete() {
 
     drop_moto_automated_snapshots(&client).await;
     let restored = provider
-        .restore(&snap.name, RUN, &progress)
+        .restore(&snap.name, RUN, &progress, &NoHazards)
         .await
         .expect("restore");
     let pc = format!("prod-aurora-failed-{TOKEN}");
@@ -1644,7 +1665,7 @@ async fn moto_cluster_create_list_restore_delete() {
         assert!(instance_exists(&client, &format!("{id}-failed-{TOKEN}")).await);
     }
     provider
-        .restore(&snap.name, RUN, &progress)
+        .restore(&snap.name, RUN, &progress, &NoHazards)
         .await
         .expect("restore again is a no-op");
 

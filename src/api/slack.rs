@@ -515,33 +515,9 @@ fn remember_response_url<'a>(
     Ok(())
 }
 
-/// Finds a run by its id or a unique prefix of at least 6 characters.
+/// Finds a run by its id or a unique prefix (the engine's rule, as everywhere).
 fn find_run(chatops: &ChatOps, wanted: &str) -> Result<Run, Error> {
-    if let Some(run) = chatops.engine.store().run(wanted)? {
-        return Ok(run);
-    }
-    if wanted.len() < 6 {
-        return Err(Error::NotFound(format!(
-            "no run `{wanted}`; give at least 6 characters of its id"
-        )));
-    }
-    let matches: Vec<Run> = chatops
-        .engine
-        .store()
-        .runs()?
-        .into_iter()
-        .filter(|r| r.id.starts_with(wanted))
-        .collect();
-    match matches.len() {
-        1 => Ok(matches
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::NotFound(wanted.into()))?),
-        0 => Err(Error::NotFound(format!("no run `{wanted}`"))),
-        n => Err(Error::Usage(format!(
-            "`{wanted}` matches {n} runs; give more of the id"
-        ))),
-    }
+    chatops.engine.run(wanted)
 }
 
 /// Approves, checking the release the button showed when there was a button.

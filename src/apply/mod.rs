@@ -12,11 +12,12 @@ pub mod status;
 use std::time::{Duration, Instant};
 
 use crate::config::{Environment, HistoryMode};
-use crate::error::{Error, MigrationFailure, Result};
+use crate::error::{ChangedUnderUs, Error, MigrationFailure, Result};
 use crate::migrations::classify::TxMode;
 use crate::migrations::lexer;
 use crate::migrations::{Layout, Migration, MigrationSet};
-use crate::target::history::NewRow;
+use crate::target::history::RowState;
+use crate::target::history::{row_id_for, NewRow};
 use crate::target::{
     lock_key, EffectState, ExecError, HistoryRow, HistoryTable, Progress, SqlError, Target,
 };
@@ -81,7 +82,8 @@ pub fn history_mode(env: &Environment, set: &MigrationSet) -> HistoryMode {
     })
 }
 
-fn shell_quote(name: &str) -> String {
+/// A migration name as a shell word, for the commands sluice's messages suggest.
+pub fn shell_quote(name: &str) -> String {
     if name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
@@ -118,7 +120,8 @@ pub struct ApplyOptions {
     /// Report what would run without changing anything.
     pub dry_run: bool,
     /// Retry a failed migration: a transactional one from the start, a statement-by-statement
-    /// one from its first uncommitted statement.
+    /// one from its first uncommitted statement. A run always retries the migrations it failed
+    /// itself (rows written by `run_id`), so resuming a halted run needs no flag.
     pub resume_failed: bool,
     /// Recorded with each history row in sluice mode.
     pub run_id: String,
@@ -142,6 +145,15 @@ pub struct Planned {
     pub resume_at: usize,
 }
 
+/// "Statements 1-3 of 6 are committed", in words that stay true when none or one is.
+fn committed_statements(done: usize, total: usize) -> String {
+    match done {
+        0 => format!("None of its {total} statements is committed"),
+        1 => format!("Statement 1 of {total} is committed"),
+        _ => format!("Statements 1-{done} of {total} are committed"),
+    }
+}
+
 /// What an apply did (or, with `dry_run`, would do).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ApplyOutcome {
@@ -159,7 +171,7 @@ pub async fn pending(
     opts: &ApplyOptions,
 ) -> Result<Vec<String>> {
     let status = status(target, ctx).await?;
-    guard(ctx, &status, opts.resume_failed)?;
+    guard(ctx, &status, opts)?;
     Ok(plan_work(ctx, &status, opts)?
         .iter()
         .map(|w| w.prepared.migration.name.clone())
@@ -172,7 +184,16 @@ pub async fn status(target: &mut dyn Target, ctx: &Context<'_>) -> Result<Status
     Ok(status::compute(ctx.set, rows.as_deref()))
 }
 
-fn guard(ctx: &Context<'_>, status: &Status, resume_failed: bool) -> Result<()> {
+/// Whether `opts` retries the failed migration of `entry`: asked for, or the run's own.
+fn retries(entry: &Entry, opts: &ApplyOptions) -> bool {
+    opts.resume_failed
+        || entry
+            .row
+            .as_ref()
+            .is_some_and(|row| row.written_by(&opts.run_id))
+}
+
+fn guard(ctx: &Context<'_>, status: &Status, opts: &ApplyOptions) -> Result<()> {
     let mut problems = Vec::new();
     for entry in &status.entries {
         match entry.state {
@@ -202,7 +223,7 @@ fn guard(ctx: &Context<'_>, status: &Status, resume_failed: bool) -> Result<()> 
                 ctx.set.dir.display(),
                 ctx.resolve_hint("rolled-back", &entry.name)
             )),
-            State::Failed if !resume_failed => {
+            State::Failed if !retries(entry, opts) => {
                 let mut text = format!(
                     "migration `{}` failed on `{}`{}:\n    {}\n  Nothing after it runs until it is resolved.",
                     entry.name,
@@ -221,10 +242,9 @@ fn guard(ctx: &Context<'_>, status: &Status, resume_failed: bool) -> Result<()> 
                 );
                 match &entry.progress {
                     Some(p) if p.done > 0 => text.push_str(&format!(
-                        "\n  Statements 1-{} of {} are committed. Fix the cause, then continue at statement {}: \
+                        "\n  {}. Fix the cause, then continue at statement {}: \
                          sluice apply --env {} --resume\n  or undo those statements by hand and start over: {}",
-                        p.done,
-                        p.total,
+                        committed_statements(p.done, p.total),
                         p.done + 1,
                         ctx.env.name,
                         ctx.resolve_hint("rolled-back", &entry.name)
@@ -282,7 +302,7 @@ fn plan_work<'m>(ctx: &Context<'m>, status: &Status, opts: &ApplyOptions) -> Res
         }
         let wanted = match entry.state {
             State::Pending | State::Interrupted => true,
-            State::Failed => opts.resume_failed,
+            State::Failed => retries(entry, opts),
             _ => false,
         };
         if !wanted {
@@ -348,7 +368,7 @@ pub async fn apply(
 ) -> Result<ApplyOutcome> {
     if opts.dry_run {
         let status = status(target, ctx).await?;
-        guard(ctx, &status, opts.resume_failed)?;
+        guard(ctx, &status, opts)?;
         let work = plan_work(ctx, &status, opts)?;
         return Ok(ApplyOutcome {
             plan: work.iter().map(planned).collect(),
@@ -405,20 +425,33 @@ async fn apply_locked(
     testhook::pause("after-lock");
     ensure_history_table(target, &ctx.history).await?;
     let status = status(target, ctx).await?;
-    guard(ctx, &status, opts.resume_failed)?;
+    guard(ctx, &status, opts)?;
     let work = plan_work(ctx, &status, opts)?;
     let plan: Vec<Planned> = work.iter().map(planned).collect();
     if let Some(expected) = &opts.expected_plan {
         let actual: Vec<String> = plan.iter().map(|p| p.name.clone()).collect();
         if &actual != expected {
-            return Err(Error::Guard(format!(
-                "`{}` changed between the snapshot and the migration lock (another deploy ran?): \
-                 the snapshot was taken to apply [{}] but [{}] is pending now. Nothing was applied; \
-                 run the command again",
-                ctx.env.name,
-                expected.join(", "),
-                actual.join(", ")
-            )));
+            let applied_meanwhile = status
+                .entries
+                .iter()
+                .filter(|e| expected.contains(&e.name) && e.state == State::Applied)
+                .map(|e| {
+                    let by = match e.row.as_ref().and_then(|r| r.run_id.as_deref()) {
+                        Some(run) => format!("sluice run {run}"),
+                        None => "another deployer (Prisma or another sluice)".to_string(),
+                    };
+                    match e.finished_at {
+                        Some(at) => format!("`{}` (by {by}, at {})", e.name, at.to_rfc3339()),
+                        None => format!("`{}` (by {by})", e.name),
+                    }
+                })
+                .collect();
+            return Err(Error::ChangedUnderUs(Box::new(ChangedUnderUs {
+                environment: ctx.env.name.clone(),
+                expected: expected.clone(),
+                pending: actual,
+                applied_meanwhile,
+            })));
         }
     }
     observer.planned(&plan.iter().map(|p| p.name.clone()).collect::<Vec<_>>());
@@ -488,7 +521,7 @@ async fn apply_transactional(
 ) -> Result<()> {
     let m = w.prepared.migration;
     let sql = m.up.sql();
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = row_id_for(&opts.run_id);
     let row = new_row(&id, m, &opts.run_id);
     const PREFIX: &str = "BEGIN;\n";
     let mut text = String::with_capacity(sql.len() + 512);
@@ -503,10 +536,7 @@ async fn apply_transactional(
     if let Some(old) = &w.row {
         text.push_str(&ctx.history.mark_rolled_back(
             &old.id,
-            &format!(
-                "retried by run {} with `sluice apply --resume`",
-                opts.run_id
-            ),
+            &format!("retried by run {} (row {id})", opts.run_id),
         ));
         text.push_str(";\n");
     }
@@ -546,12 +576,20 @@ async fn apply_transactional(
                     ctx.resolve_hint("rolled-back", &m.name)
                 ),
             };
-            let record = if w.row.is_some() {
-                None
-            } else {
-                Some(ctx.history.insert_failed(&row, &failure.log_text()))
-            };
-            record_failure(target, ctx, failure, record).await
+            let mut record = ctx.history.insert_failed(&row, &failure.log_text());
+            if let Some(old) = &w.row {
+                record = format!(
+                    "BEGIN;\n{record};\n{};\nCOMMIT;",
+                    ctx.history.mark_rolled_back(
+                        &old.id,
+                        &format!(
+                            "retried by run {}, which failed too (row {id})",
+                            opts.run_id
+                        )
+                    )
+                );
+            }
+            record_failure(target, ctx, failure, Some(record)).await
         }
     }
 }
@@ -644,6 +682,22 @@ async fn apply_statementwise(
     };
     let mut marked_running = None;
     let id = match &w.row {
+        // A failed attempt keeps its row and error: the retry continues in a new row that
+        // carries the committed statements' progress, and the old one is marked rolled back.
+        Some(row) if row.state() == RowState::Failed => {
+            let id = row_id_for(&opts.run_id);
+            let carried =
+                history.insert_started(&new_row(&id, m, &opts.run_id), &progress_at(done, None));
+            let superseded = history.mark_rolled_back(
+                &row.id,
+                &format!("retried by run {}, continuing in row {id}", opts.run_id),
+            );
+            target
+                .execute(&format!("BEGIN;\n{carried};\n{superseded};\nCOMMIT;"))
+                .await
+                .map_err(run)?;
+            id
+        }
         Some(row) => {
             let running = row.progress.as_ref().and_then(|pr| pr.running);
             if let Some(index) = running.filter(|r| *r == done) {
@@ -689,7 +743,7 @@ async fn apply_statementwise(
             row.id.clone()
         }
         None => {
-            let id = uuid::Uuid::new_v4().to_string();
+            let id = row_id_for(&opts.run_id);
             // A file that starts with a statement outside any transaction (the usual lone
             // CREATE INDEX CONCURRENTLY) is marked as running it in the same write that
             // creates its row: one commit fewer per such migration.
@@ -789,8 +843,9 @@ async fn apply_statementwise(
                     detail: err.detail.clone(),
                     hint: err.hint.clone(),
                     outcome: format!(
-                        "Statements 1-{done} of {total} are committed; the failing step was rolled back where a \
-                         transaction allowed it. Nothing after `{}` ran.",
+                        "{}; the failing step was rolled back where a transaction allowed it. Nothing \
+                         after `{}` ran.",
+                        committed_statements(done, total),
                         m.name
                     ),
                     next: format!(

@@ -32,20 +32,23 @@ pub fn down_scripts_problem(set: &MigrationSet, names: &[String]) -> Option<Stri
     None
 }
 
-/// Undoes `names` (applied in this order) newest first, under the migration lock. A migration
-/// that is not applied is skipped, so a rerun after an interruption finishes the job; a
-/// failed attempt that committed nothing is only marked rolled back; an applied one without a
-/// usable down script stops the undo with an error. Returns the names undone.
+/// Undoes `names` (applied in this order) newest first, under the migration lock, touching
+/// only history rows that run `owner` wrote: what another deployer applied is never undone. A
+/// migration that is not applied (or not by `owner`) is skipped, so a rerun after an
+/// interruption finishes the job; a failed attempt that committed nothing is only marked
+/// rolled back; an applied one without a usable down script stops the undo with an error.
+/// Returns the names undone.
 pub async fn revert(
     target: &mut dyn Target,
     ctx: &Context<'_>,
     names: &[String],
+    owner: &str,
     note: &str,
 ) -> Result<Vec<String>> {
     target
         .lock(lock_key(ctx.history.mode), ctx.env.lock_timeout)
         .await?;
-    let result = revert_locked(target, ctx, names, note).await;
+    let result = revert_locked(target, ctx, names, owner, note).await;
     let unlocked = target.unlock().await;
     let undone = result?;
     unlocked?;
@@ -56,6 +59,7 @@ async fn revert_locked(
     target: &mut dyn Target,
     ctx: &Context<'_>,
     names: &[String],
+    owner: &str,
     note: &str,
 ) -> Result<Vec<String>> {
     let status = status(target, ctx).await?;
@@ -64,7 +68,9 @@ async fn revert_locked(
         let Some(entry) = status.entries.iter().find(|e| &e.name == name) else {
             continue;
         };
-        let Some(row) = &entry.row else { continue };
+        let Some(row) = entry.row.as_ref().filter(|r| r.written_by(owner)) else {
+            continue;
+        };
         let sql = match entry.state {
             State::Pending => continue,
             State::Applied | State::Edited => {

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::promote::engine::{Engine, EngineOptions, PromotionRequest};
 use crate::promote::views::{environment_views, EnvironmentView, RunView};
 use crate::store::records::short_hash;
-use crate::store::RunState;
+use crate::store::{RunKind, RunState};
 
 /// How a ladder command reaches the engine.
 #[derive(Debug, Args, Clone)]
@@ -255,10 +255,18 @@ impl Backend {
         match self {
             Backend::Local(engine) => {
                 let run = engine.run(id)?;
-                let events = engine.store().run_events(id)?;
+                let events = engine.store().run_events(&run.id)?;
                 Ok(RunView::of(run, Some(events)))
             }
             Backend::Remote(client) => client.run(id).await,
+        }
+    }
+
+    /// The newest release recorded.
+    async fn head_release(&self) -> Result<Option<String>> {
+        match self {
+            Backend::Local(engine) => engine.store().head_release(),
+            Backend::Remote(client) => client.head_release().await,
         }
     }
 
@@ -304,7 +312,7 @@ pub async fn promote(project: &Project, args: PromoteArgs) -> Result<u8> {
 
 async fn promote_with(backend: &Backend, args: &PromoteArgs) -> Result<u8> {
     let ladder = !args.only;
-    let runs = match backend {
+    let requested = match backend {
         Backend::Local(engine) => engine
             .request_promotion(&PromotionRequest {
                 to: args.to.clone(),
@@ -331,18 +339,22 @@ async fn promote_with(backend: &Backend, args: &PromoteArgs) -> Result<u8> {
                 .await
         }
     };
-    let runs = match runs {
-        Ok(runs) => runs,
-        Err(Error::Conflict(why)) if why.contains("already on release") && !why.contains(';') => {
-            if !args.json {
-                say!("nothing to do: {why}");
-                print_environments(&backend.environments().await?);
-            }
-            return Ok(0);
-        }
+    // A refusal because runs already bring the environments to the release (or they are on
+    // it) is no failure for a pipeline: what matters is where the target ends up, so the
+    // existing runs are followed like new ones.
+    let (runs, refusal) = match requested {
+        Ok(runs) => (runs, None),
+        Err(Error::Conflict(why)) => (Vec::new(), Some(why)),
         Err(err) => return Err(err),
     };
-    let ids: Vec<String> = runs.iter().map(|r| r.run.id.clone()).collect();
+    let release = match runs.first() {
+        Some(run) => run.run.release.clone(),
+        None => match (&args.release, backend.head_release().await?) {
+            (Some(wanted), _) => wanted.to_ascii_lowercase(),
+            (None, Some(head)) => head,
+            (None, None) => return Err(Error::Conflict(refusal.unwrap_or_default())),
+        },
+    };
     if !args.json {
         for run in &runs {
             say!(
@@ -359,7 +371,9 @@ async fn promote_with(backend: &Backend, args: &PromoteArgs) -> Result<u8> {
         }
     }
     if args.no_wait {
-        if args.json {
+        if let Some(why) = &refusal {
+            say!("nothing requested: {why}");
+        } else if args.json {
             say!(
                 "{}",
                 serde_json::to_string_pretty(&runs).unwrap_or_default()
@@ -367,26 +381,246 @@ async fn promote_with(backend: &Backend, args: &PromoteArgs) -> Result<u8> {
         }
         return Ok(0);
     }
-    follow(backend, &ids, args.json).await
+    let views = backend.environments().await?;
+    let chain = if ladder {
+        chain_to(&views, &args.to)
+    } else {
+        vec![args.to.clone()]
+    };
+    let outcome = follow_release(backend, &chain, &release, args.json).await?;
+    if outcome == 0 && runs.is_empty() && !args.json {
+        if let Some(why) = refusal {
+            say!("nothing to do: {why}");
+        }
+    }
+    Ok(outcome)
+}
+
+/// The environments from the entry point of `to`'s ladder down to `to`, by the `from` links
+/// the views carry.
+fn chain_to(views: &[EnvironmentView], to: &str) -> Vec<String> {
+    let mut chain = vec![to.to_string()];
+    let mut current = to.to_string();
+    while let Some(from) = views
+        .iter()
+        .find(|v| v.name == current)
+        .and_then(|v| v.from.clone())
+    {
+        if chain.contains(&from) {
+            break;
+        }
+        chain.push(from.clone());
+        current = from;
+    }
+    chain.reverse();
+    chain
 }
 
 fn short_id(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
-fn needs_person(state: &RunState) -> bool {
-    match state {
-        RunState::Gated { waiting_for } => waiting_for.iter().any(|g| g.starts_with("approval:")),
-        RunState::Halted { .. } => true,
-        _ => false,
-    }
+/// Whether a waiting run waits for an approval.
+fn waits_for_approval(state: &RunState) -> bool {
+    matches!(state, RunState::Gated { waiting_for } if waiting_for.iter().any(|g| g.starts_with("approval:")))
 }
 
-/// Prints every transition of `ids` as it happens until each run has ended or waits for a
-/// person; then the environments. Exit 0 when all succeeded, 3 when one waits for a person,
-/// 1 otherwise.
-async fn follow(backend: &Backend, ids: &[String], json_out: bool) -> Result<u8> {
-    let mut seen: HashMap<String, usize> = HashMap::new();
+/// Whether a run waits only for the environment upstream of it.
+fn waits_only_upstream(state: &RunState) -> bool {
+    matches!(state, RunState::Gated { waiting_for }
+        if !waiting_for.is_empty() && waiting_for.iter().all(|g| g.starts_with("upstream:")))
+}
+
+fn needs_person(state: &RunState) -> bool {
+    waits_for_approval(state) || matches!(state, RunState::Halted { .. })
+}
+
+/// One environment on the way to the target, and the run that brings it to the release.
+struct Leg {
+    environment: String,
+    run: Option<RunView>,
+    printed: usize,
+}
+
+/// Follows every run that brings an environment of `chain` to `release` (new, existing, or
+/// requested later by auto-promotion), printing each transition once, until the target is on
+/// the release (0), a run on the way waits for an approval with nothing else moving (3), or
+/// one rolled back, halted, was rejected or cancelled, or nothing will bring an environment
+/// there (1).
+async fn follow_release(
+    backend: &Backend,
+    chain: &[String],
+    release: &str,
+    json_out: bool,
+) -> Result<u8> {
+    let on_release =
+        |v: &EnvironmentView| v.release.as_deref().is_some_and(|r| r.starts_with(release));
+    let mut legs: Vec<Leg> = chain
+        .iter()
+        .map(|environment| Leg {
+            environment: environment.clone(),
+            run: None,
+            printed: 0,
+        })
+        .collect();
+    let mut quiet_rounds = 0;
+    let code = loop {
+        backend.step().await?;
+        let views = backend.environments().await?;
+        for leg in &mut legs {
+            let Some(view) = views.iter().find(|v| v.name == leg.environment) else {
+                return Err(Error::NotFound(format!(
+                    "the daemon knows no environment `{}`",
+                    leg.environment
+                )));
+            };
+            let found = view
+                .active_run
+                .iter()
+                .chain(view.waiting_runs.iter())
+                .find(|r| r.release.starts_with(release) && r.kind == RunKind::Promotion)
+                .map(|r| r.id.clone());
+            let id = match (&leg.run, found) {
+                (_, Some(id)) => Some(id),
+                (Some(current), None) => Some(current.run.id.clone()),
+                (None, None) => None,
+            };
+            if let Some(id) = id {
+                let view = backend.run(&id).await?;
+                if leg.run.as_ref().is_some_and(|r| r.run.id != view.run.id) {
+                    leg.printed = 0;
+                }
+                if !json_out {
+                    for transition in view.run.transitions.iter().skip(leg.printed) {
+                        say!(
+                            "{:<8} {}  {}",
+                            view.run.environment,
+                            short_id(&view.run.id),
+                            transition.state.describe()
+                        );
+                    }
+                }
+                leg.printed = view.run.transitions.len();
+                leg.run = Some(view);
+            }
+        }
+        let target = legs
+            .last()
+            .and_then(|leg| views.iter().find(|v| v.name == leg.environment));
+        let target_done = target.is_some_and(&on_release)
+            && legs
+                .last()
+                .and_then(|leg| leg.run.as_ref())
+                .is_none_or(|r| r.run.state == RunState::Succeeded);
+        if target_done {
+            break 0;
+        }
+        let failed = legs.iter().filter_map(|l| l.run.as_ref()).any(|r| {
+            matches!(
+                r.run.state,
+                RunState::RolledBack { .. }
+                    | RunState::Cancelled { .. }
+                    | RunState::Rejected { .. }
+                    | RunState::Halted { .. }
+            )
+        });
+        if failed {
+            break 1;
+        }
+        let approval = legs
+            .iter()
+            .filter_map(|l| l.run.as_ref())
+            .any(|r| waits_for_approval(&r.run.state));
+        let moving = legs.iter().any(|leg| match &leg.run {
+            Some(r) => {
+                let stopped = r.run.state.is_final()
+                    || waits_for_approval(&r.run.state)
+                    || (approval && waits_only_upstream(&r.run.state));
+                !stopped
+            }
+            None => false,
+        });
+        if approval && !moving {
+            break 3;
+        }
+        // An environment not on the release that no run brings there, once everything before
+        // it is: nothing will move it (auto-promotion would have requested a run by now).
+        let stranded = legs.iter().enumerate().find(|(i, leg)| {
+            leg.run
+                .as_ref()
+                .is_none_or(|r| r.run.state == RunState::Succeeded)
+                && !views
+                    .iter()
+                    .any(|v| v.name == leg.environment && on_release(v))
+                && legs[..*i].iter().all(|before| {
+                    views
+                        .iter()
+                        .any(|v| v.name == before.environment && on_release(v))
+                })
+        });
+        if stranded.is_some() && !moving {
+            quiet_rounds += 1;
+            if quiet_rounds > 25 {
+                if let Some((_, leg)) = stranded {
+                    if !json_out {
+                        say!(
+                            "nothing brings `{}` to release {}: request it with `sluice promote --to {} --release {}`",
+                            leg.environment,
+                            short_hash(release),
+                            leg.environment,
+                            short_hash(release)
+                        );
+                    }
+                }
+                break 1;
+            }
+        } else {
+            quiet_rounds = 0;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let last: Vec<RunView> = legs.into_iter().filter_map(|l| l.run).collect();
+    if json_out {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&last).unwrap_or_default()
+        );
+    } else {
+        print_environments(&backend.environments().await?);
+        for view in &last {
+            if needs_person(&view.run.state) {
+                say!(
+                    "run {} on `{}` waits for a person: {}",
+                    view.run.id,
+                    view.run.environment,
+                    view.run.state.describe()
+                );
+            } else if code == 1
+                && view.run.state.is_final()
+                && view.run.state != RunState::Succeeded
+            {
+                say!(
+                    "run {} on `{}` {}",
+                    view.run.id,
+                    view.run.environment,
+                    view.run.state.describe()
+                );
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// Prints every transition of `ids` as it happens (after those `seen` already shows) until
+/// each run has ended or waits for a person; then the environments. Exit 0 when all
+/// succeeded, 3 when one waits for an approval, 1 otherwise.
+async fn follow(
+    backend: &Backend,
+    ids: &[String],
+    json_out: bool,
+    seen: HashMap<String, usize>,
+) -> Result<u8> {
+    let mut seen = seen;
     let last: Vec<RunView> = loop {
         backend.step().await?;
         let mut views = Vec::new();
@@ -410,15 +644,7 @@ async fn follow(backend: &Backend, ids: &[String], json_out: bool) -> Result<u8>
             .iter()
             .filter(|v| !v.run.state.is_final() && !needs_person(&v.run.state))
             .count();
-        let stuck_upstream = views.iter().all(|v| {
-            v.run.state.is_final()
-                || needs_person(&v.run.state)
-                || matches!(&v.run.state, RunState::Gated { waiting_for }
-                    if waiting_for.iter().all(|g| g.starts_with("upstream:")))
-        }) && views
-            .iter()
-            .any(|v| v.run.state.is_final() && !matches!(v.run.state, RunState::Succeeded));
-        if moving == 0 || stuck_upstream {
+        if moving == 0 {
             break views;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -443,10 +669,7 @@ async fn follow(backend: &Backend, ids: &[String], json_out: bool) -> Result<u8>
     }
     Ok(if last.iter().all(|v| v.run.state == RunState::Succeeded) {
         0
-    } else if last
-        .iter()
-        .any(|v| needs_person(&v.run.state) && !matches!(v.run.state, RunState::Halted { .. }))
-    {
+    } else if last.iter().any(|v| waits_for_approval(&v.run.state)) {
         3
     } else {
         1
@@ -563,7 +786,7 @@ pub async fn runs(project: &Project, args: RunsArgs) -> Result<u8> {
         table.add_row([
             r.id.clone(),
             r.environment.clone(),
-            format!("{:?}", r.kind).to_lowercase(),
+            r.kind.to_string(),
             short_hash(&r.release).to_string(),
             r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             r.requested_by.clone(),
@@ -588,7 +811,7 @@ pub async fn run(project: &Project, args: RunArgs) -> Result<u8> {
         return Ok(0);
     }
     let r = &view.run;
-    say!("run {} ({:?}) on `{}`", r.id, r.kind, r.environment);
+    say!("run {} ({}) on `{}`", r.id, r.kind, r.environment);
     say!(
         "release {}{}",
         r.release,
@@ -679,11 +902,18 @@ pub async fn approve(project: &Project, args: ApproveArgs) -> Result<u8> {
                     .await?
             }
         };
-        say!("approved run {} on `{}`", view.run.id, view.run.environment);
+        say!(
+            "approved run {} on `{}`; it is {}",
+            view.run.id,
+            view.run.environment,
+            view.run.state.describe()
+        );
         if args.no_wait {
             return Ok(0);
         }
-        follow(&backend, &[view.run.id], false).await
+        // What the run went through before the approval is history, not news.
+        let seen = HashMap::from([(view.run.id.clone(), view.run.transitions.len())]);
+        follow(&backend, &[view.run.id], false, seen).await
     }
     .await;
     backend.finish().await;
@@ -738,7 +968,11 @@ pub async fn resume(project: &Project, args: ResumeArgs) -> Result<u8> {
             say!("resumed run {}", view.run.id);
             return Ok(0);
         }
-        follow(&backend, &[view.run.id], false).await
+        let seen = HashMap::from([(
+            view.run.id.clone(),
+            view.run.transitions.len().saturating_sub(1),
+        )]);
+        follow(&backend, &[view.run.id], false, seen).await
     }
     .await;
     backend.finish().await;
@@ -766,7 +1000,13 @@ pub async fn rollback(project: &Project, args: RollbackArgs) -> Result<u8> {
             );
             return Ok(0);
         }
-        let code = follow(&backend, std::slice::from_ref(&view.run.id), false).await?;
+        let code = follow(
+            &backend,
+            std::slice::from_ref(&view.run.id),
+            false,
+            HashMap::new(),
+        )
+        .await?;
         let final_view = backend.run(&view.run.id).await?;
         Ok(
             if matches!(final_view.run.state, RunState::RolledBack { .. }) {

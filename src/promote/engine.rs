@@ -25,6 +25,9 @@ use crate::store::{
 use super::gates::{closed_gates, GateInput};
 use super::machine;
 
+/// The fewest characters of a run id accepted in its place.
+pub const RUN_PREFIX_MIN: usize = 6;
+
 /// The actor recorded for what the engine does by itself.
 pub const MACHINE_ACTOR: &str = "sluice";
 
@@ -390,7 +393,7 @@ impl Engine {
                 None,
                 json!({"release": release.hash, "head": release.head, "migrations": release.migrations.len(), "source": release.source}),
             )?;
-            tracing::info!(release = %release.short(), head = ?release.head, "new release recorded");
+            tracing::info!(release = %release.short(), head = release.head.as_deref().unwrap_or("(none)"), "new release recorded");
         }
         Ok(fresh || head_changed)
     }
@@ -492,11 +495,36 @@ impl Engine {
         self.store.put_run(run)
     }
 
-    /// One run, or a clear error.
+    /// One run by its id or a unique prefix of at least [`RUN_PREFIX_MIN`] characters (the
+    /// CLI shows 8), or a clear error.
     pub fn run(&self, id: &str) -> Result<Run> {
-        self.store
-            .run(id)?
-            .ok_or_else(|| Error::NotFound(format!("no run `{id}`")))
+        if let Some(run) = self.store.run(id)? {
+            return Ok(run);
+        }
+        let wanted = id.trim().to_ascii_lowercase();
+        if wanted.chars().count() < RUN_PREFIX_MIN {
+            return Err(Error::NotFound(format!(
+                "no run `{id}` (a run id may be shortened to its first {RUN_PREFIX_MIN} or more \
+                 characters)"
+            )));
+        }
+        let runs = self.store.runs()?;
+        let matching: Vec<&Run> = runs.iter().filter(|r| r.id.starts_with(&wanted)).collect();
+        match matching.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(Error::NotFound(format!(
+                "no run `{id}`; `sluice runs` lists them"
+            ))),
+            several => Err(Error::Usage(format!(
+                "`{id}` is the start of {} runs ({}); give more characters",
+                several.len(),
+                several
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
     }
 
     fn resolve_release(&self, wanted: Option<&str>) -> Result<Release> {
@@ -672,14 +700,16 @@ impl Engine {
         let mut run = self.run(run_id)?;
         if !run.state.is_waiting() {
             return Err(Error::Conflict(format!(
-                "run {run_id} is {}; only a waiting run can be approved",
+                "run {} is {}; only a waiting run can be approved",
+                run.id,
                 run.state.describe()
             )));
         }
         let policy = self.loaded().policies.for_env(&run.environment);
         if actor == run.requested_by {
             return Err(Error::Refused(format!(
-                "`{actor}` requested run {run_id} and cannot approve it; another approver must"
+                "`{actor}` requested run {} and cannot approve it; another approver must",
+                run.id
             )));
         }
         if !policy.approvals.may_approve(actor) {
@@ -689,12 +719,21 @@ impl Engine {
                 policy.approvals.from.join(", ")
             )));
         }
-        if run.approvals.iter().any(|a| a.by == actor) {
+        let now = Utc::now();
+        let mine = |a: &&Approval| a.by == actor;
+        if run
+            .approvals
+            .iter()
+            .filter(mine)
+            .any(|a| super::gates::approval_is_current(&policy, a, now))
+        {
             return Ok(run);
         }
+        // An approval of theirs that expired is renewed by approving again.
+        let renewed = run.approvals.iter().any(|a| a.by == actor);
         run.approvals.push(Approval {
             by: actor.into(),
-            at: Utc::now(),
+            at: now,
             comment: comment.clone(),
         });
         self.save(&run)?;
@@ -704,7 +743,10 @@ impl Engine {
             &run.environment,
             Some(&run.id),
             comment.as_deref(),
-            json!({"approvals": run.approvals.len()}),
+            json!({
+                "approvals": super::gates::valid_approvals(&policy, &run, now),
+                "renewed": renewed,
+            }),
         )?;
         self.tell_listeners(&run);
         self.wake.notify_one();
@@ -717,13 +759,15 @@ impl Engine {
         let mut run = self.run(run_id)?;
         if !run.state.is_waiting() {
             return Err(Error::Conflict(format!(
-                "run {run_id} is {}; only a waiting run can be rejected",
+                "run {} is {}; only a waiting run can be rejected",
+                run.id,
                 run.state.describe()
             )));
         }
         if actor == run.requested_by {
             return Err(Error::Refused(format!(
-                "`{actor}` requested run {run_id}; cancel it instead of rejecting it"
+                "`{actor}` requested run {}; cancel it instead of rejecting it",
+                run.id
             )));
         }
         self.transition(
@@ -746,7 +790,8 @@ impl Engine {
             RunState::Halted { .. } => {}
             other => {
                 return Err(Error::Conflict(format!(
-                    "run {run_id} is {}; only a waiting or halted run can be cancelled",
+                    "run {} is {}; only a waiting or halted run can be cancelled",
+                    run.id,
                     other.describe()
                 )))
             }
@@ -768,7 +813,8 @@ impl Engine {
         let mut run = self.run(run_id)?;
         let RunState::Halted { .. } = &run.state else {
             return Err(Error::Conflict(format!(
-                "run {run_id} is {}; only a halted run can be resumed",
+                "run {} is {}; only a halted run can be resumed",
+                run.id,
                 run.state.describe()
             )));
         };
@@ -1062,6 +1108,16 @@ impl Engine {
     /// or restart). Halted runs wait for a person.
     pub async fn recover(self: &Arc<Self>) -> Result<Vec<Run>> {
         let _decisions = self.decisions.lock().await;
+        let loaded = self.loaded();
+        let request = super::Request {
+            actor: MACHINE_ACTOR.into(),
+            reason: Some("sluice started".into()),
+        };
+        for env in loaded.environments.values() {
+            if let Err(err) = super::recover_environment(env, self.store(), &request).await {
+                tracing::error!(environment = %env.name, error = %err, "undoing what an interrupted snapshot left failed");
+            }
+        }
         let mut resumed = Vec::new();
         for run in self.store.runs()? {
             if run.state.holds_environment() && !matches!(run.state, RunState::Halted { .. }) {

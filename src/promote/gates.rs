@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::migrations::lint::LintReport;
 use crate::policy::{window_verdict, Policy, WindowVerdict};
 use crate::store::records::short_hash;
-use crate::store::{EnvironmentState, Release, Run};
+use crate::store::{Approval, EnvironmentState, Release, Run};
 
 /// What the gates look at for one waiting run.
 pub struct GateInput<'a> {
@@ -28,17 +28,26 @@ pub struct GateInput<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// Approvals that count now: not by the requester, by someone the policy allows, not expired.
+/// Whether `approval` still counts at `now` under the policy's `expiry`.
+pub fn approval_is_current(policy: &Policy, approval: &Approval, now: DateTime<Utc>) -> bool {
+    policy.approvals.expiry.is_none_or(|expiry| {
+        chrono::Duration::from_std(expiry).is_ok_and(|expiry| now - approval.at < expiry)
+    })
+}
+
+/// Approvals that count now: not by the requester, by someone the policy allows, not expired;
+/// one per person, however often they renewed theirs.
 pub fn valid_approvals(policy: &Policy, run: &Run, now: DateTime<Utc>) -> usize {
-    run.approvals
+    let mut people: Vec<&str> = run
+        .approvals
         .iter()
         .filter(|a| a.by != run.requested_by && policy.approvals.may_approve(&a.by))
-        .filter(|a| {
-            policy.approvals.expiry.is_none_or(|expiry| {
-                chrono::Duration::from_std(expiry).is_ok_and(|expiry| now - a.at < expiry)
-            })
-        })
-        .count()
+        .filter(|a| approval_is_current(policy, a, now))
+        .map(|a| a.by.as_str())
+        .collect();
+    people.sort_unstable();
+    people.dedup();
+    people.len()
 }
 
 /// One sentence per closed gate; empty when the run may go.

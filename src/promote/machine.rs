@@ -15,6 +15,7 @@ use crate::health::{self, HealthOutcome, Measurement};
 use crate::migrations::classify::TxMode;
 use crate::policy::{DriftRule, FailureAction, InconclusiveAction, Policy, RollbackMethod};
 use crate::snapshot::{self, Quiet};
+use crate::store::records::short_hash;
 use crate::store::{
     EnvironmentState, RecordedMeasurement, Release, ReleaseOnEnvironment, Run, RunKind, RunState,
 };
@@ -109,6 +110,21 @@ async fn locked(engine: &Arc<Engine>, loaded: &Loaded, run: &mut Run) -> Result<
     let release = release_of(engine, run)?;
     if let Err(why) = check_release_files(loaded, &release) {
         return halt(engine, run, format!("{why}; nothing was changed"));
+    }
+    let request = Request {
+        actor: MACHINE_ACTOR.into(),
+        reason: Some(format!("before run {}", run.id)),
+    };
+    if let Err(err) = super::recover_environment(&env, engine.store(), &request).await {
+        return halt(
+            engine,
+            run,
+            format!(
+                "an interrupted snapshot or restore left `{}` unusable and sluice could not undo it, \
+                 nothing was changed: {err}",
+                run.environment
+            ),
+        );
     }
     let planned = match plan(&env, loaded, run).await {
         Ok(p) => p,
@@ -230,25 +246,92 @@ async fn plan(env: &Environment, loaded: &Loaded, run: &Run) -> Result<Vec<Strin
     Ok(planned)
 }
 
-/// The migrations of the run's plan that the target's history says are applied now.
-async fn applied_now(env: &Environment, loaded: &Loaded, run: &Run) -> Result<(Vec<String>, bool)> {
+/// The run whose history rows a run may undo: its own, or for a rollback run the promotion it
+/// rolls back.
+fn owner_of(run: &Run) -> &str {
+    match run.kind {
+        RunKind::Rollback => run.rolls_back.as_deref().unwrap_or(&run.id),
+        RunKind::Promotion => &run.id,
+    }
+}
+
+/// What the target's history says about the migrations of a run's plan: which the run applied
+/// itself (rows it wrote), which it left partly applied, and which someone else applied after
+/// the run planned. A run only ever undoes its own.
+#[derive(Debug, Default)]
+struct Footprint {
+    /// Migrations of the plan the run applied completely.
+    applied: Vec<String>,
+    /// A migration the run left with statements committed (or interrupted mid-statement).
+    partial: Option<String>,
+    /// The run's own failed attempts that committed nothing (their rows still block).
+    failed_clean: Vec<String>,
+    /// Migrations another deployer applied after the run planned, each with who, in words.
+    foreign: Vec<String>,
+}
+
+impl Footprint {
+    fn touched(&self) -> bool {
+        !self.applied.is_empty() || self.partial.is_some()
+    }
+}
+
+async fn footprint(env: &Environment, loaded: &Loaded, run: &Run) -> Result<Footprint> {
     let mut target = target::connect(env).await?;
     let ctx = Context::new(env, &loaded.set, target.as_ref())?;
     let status = apply::status(target.as_mut(), &ctx).await;
     let _ = target.close().await;
     let status = status?;
-    let mut applied = Vec::new();
-    let mut unfinished = false;
-    for name in &run.plan {
-        if let Some(entry) = status.entries.iter().find(|e| &e.name == name) {
-            match entry.state {
-                State::Applied => applied.push(name.clone()),
-                State::Failed | State::Interrupted => unfinished = true,
-                _ => {}
+    let owner = owner_of(run);
+    let mut found = Footprint::default();
+    for entry in &status.entries {
+        let Some(row) = &entry.row else { continue };
+        let planned = run.plan.contains(&entry.name);
+        let after_head = run.head.as_deref().is_some_and(|h| entry.name.as_str() > h);
+        if !row.written_by(owner) {
+            if entry.state == State::Applied && (planned || after_head) {
+                found.foreign.push(format!(
+                    "`{}`{}",
+                    entry.name,
+                    row.run_id
+                        .as_deref()
+                        .map(|r| format!(" (by sluice run {r})"))
+                        .unwrap_or_default()
+                ));
             }
+            continue;
+        }
+        if !planned {
+            continue;
+        }
+        match entry.state {
+            State::Applied => found.applied.push(entry.name.clone()),
+            State::Interrupted => found.partial = Some(entry.name.clone()),
+            State::Failed if entry.progress.as_ref().is_some_and(|p| p.done > 0) => {
+                found.partial = Some(entry.name.clone())
+            }
+            State::Failed => found.failed_clean.push(entry.name.clone()),
+            _ => {}
         }
     }
-    Ok((applied, unfinished))
+    found
+        .applied
+        .sort_by_key(|name| run.plan.iter().position(|p| p == name));
+    Ok(found)
+}
+
+/// The facts of a failure for a run's record, without the command-line advice an apply error
+/// carries (a run computes its own next steps from the state it leaves).
+fn failure_facts(err: &Error) -> String {
+    match err {
+        Error::Migration(failure) => format!(
+            "{} {}",
+            failure.log_text().trim_end().replace('\n', "; "),
+            failure.outcome
+        ),
+        Error::ChangedUnderUs(change) => change.facts(),
+        other => other.to_string(),
+    }
 }
 
 struct RunObserver<'a> {
@@ -295,7 +378,7 @@ async fn applying(engine: &Arc<Engine>, loaded: &Loaded, run: &mut Run) -> Resul
     let env = environment(loaded, run)?.clone();
     let release = release_of(engine, run)?;
     if let Err(why) = check_release_files(loaded, &release) {
-        return decide_after_failure(engine, loaded, &env, run, why).await;
+        return decide_after_failure(engine, loaded, &env, run, Error::Guard(why)).await;
     }
     let first_pass = !run
         .transitions
@@ -324,8 +407,8 @@ async fn applying(engine: &Arc<Engine>, loaded: &Loaded, run: &mut Run) -> Resul
     *run = observer.run.into_inner().unwrap_or_else(|p| p.into_inner());
     match result {
         Ok(_) => {
-            match applied_now(&env, loaded, run).await {
-                Ok((applied, _)) => run.applied = applied,
+            match footprint(&env, loaded, run).await {
+                Ok(found) => run.applied = found.applied,
                 Err(err) => {
                     tracing::warn!(run = %run.id, error = %err, "could not read back the history")
                 }
@@ -333,7 +416,7 @@ async fn applying(engine: &Arc<Engine>, loaded: &Loaded, run: &mut Run) -> Resul
             engine.save(run)?;
             engine.transition(run, RunState::Verifying, MACHINE_ACTOR)
         }
-        Err(err) => decide_after_failure(engine, loaded, &env, run, err.to_string()).await,
+        Err(err) => decide_after_failure(engine, loaded, &env, run, err).await,
     }
 }
 
@@ -342,34 +425,81 @@ async fn decide_after_failure(
     loaded: &Loaded,
     env: &Environment,
     run: &mut Run,
-    failure: String,
+    failure: Error,
 ) -> Result<()> {
-    run.error = Some(failure.clone());
+    let facts = failure_facts(&failure);
+    run.error = Some(facts.clone());
     engine.save(run)?;
-    let (applied, unfinished) = match applied_now(env, loaded, run).await {
+    if let Error::ChangedUnderUs(change) = &failure {
+        return halt(
+            engine,
+            run,
+            format!(
+                "{}. Next: `sluice cancel {id} --reason \"…\"`, then `sluice promote --to {env} \
+                 --release {release} --only` plans again against what is there now, with a new \
+                 snapshot",
+                change.facts(),
+                id = run.id,
+                env = run.environment,
+                release = short_hash(&run.release),
+            ),
+        );
+    }
+    let found = match footprint(env, loaded, run).await {
         Ok(found) => found,
         Err(err) => {
             return halt(
                 engine,
                 run,
                 format!(
-                    "{failure}; then reading the history of `{}` failed ({err}), so sluice cannot tell \
-                     what was applied. Check the database, then resume or roll back the run",
-                    env.name
+                    "{facts}; then reading the history of `{}` failed ({err}), so sluice cannot tell \
+                     what was applied and undid nothing. Check the database, then `sluice resume {}` \
+                     or `sluice rollback --env {}`",
+                    env.name, run.id, env.name
                 ),
             )
         }
     };
-    run.applied = applied;
+    run.applied = found.applied.clone();
     engine.save(run)?;
-    if run.applied.is_empty() && !unfinished {
-        return halt(
-            engine,
-            run,
-            format!("nothing was applied: {failure}. Fix the cause, then resume the run"),
-        );
+    if !found.touched() {
+        return halt(engine, run, nothing_applied(run, &facts, &found));
     }
-    start_rollback(engine, loaded, run, format!("apply failed: {failure}")).await
+    start_rollback(engine, loaded, run, format!("apply failed: {facts}")).await
+}
+
+/// Why a run that applied nothing halts, and the ways on, computed from what it left: resume
+/// retries its own failed attempt; a migration that must change needs a new release.
+fn nothing_applied(run: &Run, facts: &str, found: &Footprint) -> String {
+    let env = &run.environment;
+    let id = &run.id;
+    let retried = match found.failed_clean.as_slice() {
+        [] => String::new(),
+        names => format!(
+            " ({} runs again)",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let resolve = found
+        .failed_clean
+        .iter()
+        .map(|n| {
+            format!(
+                ", `sluice resolve --env {env} --rolled-back {} --reason \"…\"`",
+                crate::apply::shell_quote(n)
+            )
+        })
+        .collect::<String>();
+    format!(
+        "{facts}; nothing was applied by this run, so `{env}` is as it was and nothing was rolled back. \
+         Next: if the cause lies outside the migrations (a lock, data, a permission), fix it and \
+         `sluice resume {id}`{retried}; if a migration must change, `sluice cancel {id} --reason \
+         \"…\"`{resolve}, fix the file and promote the new release"
+    )
 }
 
 /// The ladder a policy gives for failures, or the full ladder when it says `halt` and a person
@@ -468,12 +598,35 @@ async fn rolling_back(
 ) -> Result<()> {
     let env = environment(loaded, run)?.clone();
     let note = format!("rolled back by sluice run {}: {reason}", run.id);
+    if method == "snapshot" {
+        if let Ok(found) = footprint(&env, loaded, run).await {
+            if !found.foreign.is_empty() {
+                return halt(
+                    engine,
+                    run,
+                    format!(
+                        "{reason}; but another deployer applied {} to `{}` after this run planned, and \
+                         restoring the snapshot would undo that too: sluice undoes only what its run \
+                         applied, so nothing was restored. Next: undo this run's migrations ({}) by \
+                         hand, or restore knowingly with `sluice restore --env {} {} --reason \"…\"`",
+                        found.foreign.join(", "),
+                        run.environment,
+                        run.applied.join(", "),
+                        run.environment,
+                        run.snapshot.as_deref().unwrap_or("SNAPSHOT"),
+                    ),
+                );
+            }
+        }
+    }
+    let mut preserved = None;
     let outcome: Result<()> = match method {
         "down" => {
             async {
                 let mut target = target::connect(&env).await?;
                 let ctx = Context::new(&env, &loaded.set, target.as_ref())?;
-                let result = revert::revert(target.as_mut(), &ctx, &run.plan, &note).await;
+                let result =
+                    revert::revert(target.as_mut(), &ctx, &run.plan, owner_of(run), &note).await;
                 let _ = target.close().await;
                 result.map(|_| ())
             }
@@ -501,7 +654,7 @@ async fn rolling_back(
                     &Quiet,
                 )
                 .await
-                .map(|_| ())
+                .map(|restored| preserved = Some(restored.preserved_as))
             }
             .await
         }
@@ -541,11 +694,26 @@ async fn rolling_back(
     if run.kind == RunKind::Rollback {
         set_environment_release(engine, run, run.previous_release.clone(), None, true)?;
     }
+    let kept = preserved
+        .map(|p| format!(" (the state it replaced is kept as `{p}`)"))
+        .unwrap_or_default();
+    let outcome = match run.kind {
+        RunKind::Promotion => format!(
+            "{reason}. `{}` is back where it was before the run{kept}. Next: fix the cause and \
+             promote again",
+            run.environment
+        ),
+        RunKind::Rollback => format!(
+            "{reason}. `{}` is back where it was before run {}{kept}",
+            run.environment,
+            run.rolls_back.as_deref().unwrap_or("?")
+        ),
+    };
     engine.transition(
         run,
         RunState::RolledBack {
             method: method.into(),
-            reason: reason.into(),
+            reason: outcome,
         },
         MACHINE_ACTOR,
     )

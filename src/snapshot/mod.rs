@@ -68,6 +68,67 @@ impl Progress for Quiet {
     fn update(&self, _message: &str) {}
 }
 
+/// A change a provider makes to the live environment that must not outlive the process that
+/// made it. It is noted (flushed) before it is made and cleared once undone, so that after a
+/// crash whoever comes next undoes it first, and undoes only what sluice did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Hazard {
+    /// `ALTER DATABASE … ALLOW_CONNECTIONS false`: a template copy or a restore's renames need
+    /// the database to themselves, and the applications are locked out meanwhile.
+    ConnectionsBlocked {
+        /// The database whose connections are blocked.
+        database: String,
+    },
+}
+
+impl Hazard {
+    /// A stable key for the hazard within its environment.
+    pub fn key(&self) -> String {
+        match self {
+            Hazard::ConnectionsBlocked { database } => format!("connections-blocked/{database}"),
+        }
+    }
+}
+
+/// A hazard as noted: what, by which run, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NotedHazard {
+    /// The hazard.
+    pub hazard: Hazard,
+    /// The run (or manual snapshot's id) whose provider call made it.
+    pub run_id: String,
+    /// When it was noted.
+    pub at: DateTime<Utc>,
+}
+
+/// Where a provider notes hazards for one environment: the state store, so a crash cannot
+/// lose them.
+pub trait HazardLog: Send + Sync {
+    /// Notes, flushed, that `hazard` is about to be made by `run_id`.
+    fn note(&self, hazard: &Hazard, run_id: &str) -> Result<()>;
+    /// Forgets `hazard`: it has been undone.
+    fn clear(&self, hazard: &Hazard) -> Result<()>;
+    /// Hazards noted and not cleared.
+    fn open(&self) -> Result<Vec<NotedHazard>>;
+}
+
+/// A hazard log that keeps nothing, for callers without a store: the cloud providers make no
+/// hazard, and their emulator tests call them directly.
+pub struct NoHazards;
+
+impl HazardLog for NoHazards {
+    fn note(&self, _hazard: &Hazard, _run_id: &str) -> Result<()> {
+        Ok(())
+    }
+    fn clear(&self, _hazard: &Hazard) -> Result<()> {
+        Ok(())
+    }
+    fn open(&self) -> Result<Vec<NotedHazard>> {
+        Ok(Vec::new())
+    }
+}
+
 /// A way to copy an environment and put the copy back.
 #[async_trait]
 pub trait SnapshotProvider: Send + Sync {
@@ -78,7 +139,13 @@ pub trait SnapshotProvider: Send + Sync {
     fn snapshot_name(&self, run_id: &str) -> String;
 
     /// Makes the snapshot for `run_id`, or returns the one a previous attempt already made.
-    async fn create(&self, run_id: &str, progress: &dyn Progress) -> Result<Snapshot>;
+    /// Anything it does that must not outlive the process is noted in `hazards` first.
+    async fn create(
+        &self,
+        run_id: &str,
+        progress: &dyn Progress,
+        hazards: &dyn HazardLog,
+    ) -> Result<Snapshot>;
 
     /// Makes `snapshot` the environment again. The current state is kept under a name derived
     /// from `run_id`; rerunning after an interruption completes the same swap.
@@ -87,7 +154,16 @@ pub trait SnapshotProvider: Send + Sync {
         snapshot: &str,
         run_id: &str,
         progress: &dyn Progress,
+        hazards: &dyn HazardLog,
     ) -> Result<Restored>;
+
+    /// Undoes the hazards a crashed create or restore left (noted in `hazards` and not
+    /// cleared), unless another process is working on the environment right now. Returns what
+    /// it did, one sentence each, for the audit log.
+    async fn recover(&self, hazards: &dyn HazardLog) -> Result<Vec<String>> {
+        let _ = hazards;
+        Ok(Vec::new())
+    }
 
     /// Deletes a snapshot or preserved copy by name.
     async fn delete(&self, name: &str) -> Result<()>;

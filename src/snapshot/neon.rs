@@ -870,7 +870,12 @@ impl SnapshotProvider for NeonSnapshots {
         format!("{}{}", self.snapshot_prefix(), super::run_token(run_id))
     }
 
-    async fn create(&self, run_id: &str, progress: &dyn Progress) -> Result<Snapshot> {
+    async fn create(
+        &self,
+        run_id: &str,
+        progress: &dyn Progress,
+        _hazards: &dyn super::HazardLog,
+    ) -> Result<Snapshot> {
         let token = self.token(run_id)?;
         let name = self.snapshot_name(run_id);
         let what = format!("creating branch {name}");
@@ -936,6 +941,7 @@ impl SnapshotProvider for NeonSnapshots {
         snapshot: &str,
         run_id: &str,
         progress: &dyn Progress,
+        _hazards: &dyn super::HazardLog,
     ) -> Result<Restored> {
         self.token(run_id)?;
         let preserved = self.preserved_name(run_id);

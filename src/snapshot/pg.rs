@@ -13,10 +13,12 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection, Executor, Row};
 
-use super::{run_token, Progress, Restored, Snapshot, SnapshotKind, SnapshotProvider};
+use super::{
+    run_token, Hazard, HazardLog, Progress, Restored, Snapshot, SnapshotKind, SnapshotProvider,
+};
 use crate::config::{Environment, ProviderConfig, SnapshotConfig};
 use crate::error::{redact_urls, Error, Result};
-use crate::target::postgres::{take_schema_param, APPLICATION_NAME};
+use crate::target::postgres::{allow_connections_sql, take_schema_param, APPLICATION_NAME};
 use crate::testhook;
 
 /// PostgreSQL's limit on identifier length in bytes.
@@ -40,7 +42,14 @@ pub struct PgSnapshots {
     database: String,
     admin: PgConnectOptions,
     method: Method,
+    /// The longest wait for another sluice's copy or restore of the same database.
+    lock_wait: Duration,
 }
+
+/// The first key of the advisory lock (on the maintenance database) that one copy or restore
+/// of a database holds, so two sluices never copy or swap one database at once; the second key
+/// is `hashtext(<database>)`. 0x736c6373 is "slcs".
+const SNAPSHOT_LOCK_CLASS: i32 = 0x736c_6373;
 
 /// How long sessions on a database about to be copied may take to go away by themselves
 /// before they count as in the way (new ones are refused meanwhile).
@@ -215,6 +224,78 @@ impl PgSnapshots {
             database,
             admin,
             method,
+            lock_wait: config.timeout,
+        })
+    }
+
+    /// Takes this database's snapshot lock on the maintenance connection, waiting (without a
+    /// transaction, so holding no snapshot) while another session holds it.
+    async fn lock_database(&self, conn: &mut PgConnection, progress: &dyn Progress) -> Result<()> {
+        let deadline = Instant::now() + self.lock_wait;
+        let mut told = false;
+        loop {
+            if self.try_lock_database(conn).await? {
+                return Ok(());
+            }
+            let holder = self.lock_holder(conn).await.unwrap_or_default();
+            if Instant::now() > deadline {
+                return Err(Error::Snapshot(format!(
+                    "another session has been copying or restoring `{}` for longer than the \
+                     snapshot timeout ({}): {holder}. Wait for it, or end it",
+                    self.database,
+                    humantime::format_duration(self.lock_wait)
+                )));
+            }
+            if !told {
+                progress.update(&format!(
+                    "waiting: another session is copying or restoring {}: {holder}",
+                    self.database
+                ));
+                told = true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn try_lock_database(&self, conn: &mut PgConnection) -> Result<bool> {
+        sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(SNAPSHOT_LOCK_CLASS)
+            .bind(&self.database)
+            .fetch_one(conn)
+            .await
+            .map_err(|e| Error::database("taking the snapshot lock", e))
+    }
+
+    async fn unlock_database(&self, conn: &mut PgConnection) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
+            .bind(SNAPSHOT_LOCK_CLASS)
+            .bind(&self.database)
+            .execute(conn)
+            .await;
+    }
+
+    /// Who holds this database's snapshot lock, in words.
+    async fn lock_holder(&self, conn: &mut PgConnection) -> Result<String> {
+        let row: Option<(i32, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, ''), a.backend_start \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+               AND l.classid::bigint = ($1::bigint & 4294967295) \
+               AND l.objid::bigint = (hashtext($2)::bigint & 4294967295)",
+        )
+        .bind(SNAPSHOT_LOCK_CLASS)
+        .bind(&self.database)
+        .fetch_optional(conn)
+        .await
+        .map_err(|e| Error::database("looking up the snapshot lock's holder", e))?;
+        Ok(match row {
+            Some((pid, application, user, since)) => format!(
+                "pid {pid} (application_name `{application}`, user `{user}`, connected since {})",
+                since
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| "unknown".into())
+            ),
+            None => "a session that has just let go".into(),
         })
     }
 
@@ -276,32 +357,55 @@ impl PgSnapshots {
             .collect())
     }
 
-    async fn set_connections(conn: &mut PgConnection, database: &str, allow: bool) -> Result<()> {
+    /// Blocks or re-allows new connections to `database`. A block is noted in `hazards` before
+    /// it is made and cleared after it is lifted, so a crash in between is undone by the next
+    /// sluice (see [`SnapshotProvider::recover`]).
+    async fn set_connections(
+        conn: &mut PgConnection,
+        database: &str,
+        allow: bool,
+        hazards: &dyn HazardLog,
+        run_id: &str,
+    ) -> Result<()> {
+        let hazard = Hazard::ConnectionsBlocked {
+            database: database.to_string(),
+        };
+        if !allow {
+            hazards.note(&hazard, run_id)?;
+        }
         Self::run(
             conn,
-            &format!(
-                "ALTER DATABASE {} WITH ALLOW_CONNECTIONS {allow}",
-                quote_ident(database)
-            ),
+            &allow_connections_sql(database, allow),
             &format!(
                 "{} new connections to {database}",
                 if allow { "re-allowing" } else { "blocking" }
             ),
         )
-        .await
+        .await?;
+        if allow {
+            hazards.clear(&hazard)?;
+        }
+        Ok(())
     }
 
     /// Blocks new connections to `database` and makes sure no session is left on it:
     /// terminating them only when the environment allows it, otherwise failing with their names
     /// (and letting connections in again).
-    async fn isolate(&self, conn: &mut PgConnection, database: &str, what: &str) -> Result<()> {
+    async fn isolate(
+        &self,
+        conn: &mut PgConnection,
+        database: &str,
+        what: &str,
+        hazards: &dyn HazardLog,
+        run_id: &str,
+    ) -> Result<()> {
         let terminate = matches!(
             self.method,
             Method::Template {
                 terminate_sessions: true
             }
         );
-        Self::set_connections(conn, database, false).await?;
+        Self::set_connections(conn, database, false, hazards, run_id).await?;
         let deadline = Instant::now() + Duration::from_secs(10);
         // A connection a client has just closed stays in pg_stat_activity until its backend
         // exits, a few milliseconds later; sluice's own (the plan read just before) is one.
@@ -316,7 +420,7 @@ impl PgSnapshots {
                 continue;
             }
             if !terminate || Instant::now() > deadline {
-                Self::set_connections(conn, database, true).await?;
+                Self::set_connections(conn, database, true, hazards, run_id).await?;
                 let list = sessions
                     .iter()
                     .map(|s| s.to_string())
@@ -391,17 +495,44 @@ impl PgSnapshots {
         }
     }
 
-    async fn create_from_template(&self, name: &str) -> Result<()> {
+    async fn create_from_template(
+        &self,
+        name: &str,
+        run_id: &str,
+        progress: &dyn Progress,
+        hazards: &dyn HazardLog,
+    ) -> Result<()> {
         let mut conn = self.connect().await?;
-        if Self::exists(&mut conn, name).await? {
-            Self::set_connections(&mut conn, &self.database, true).await?;
-            return Ok(());
+        self.lock_database(&mut conn, progress).await?;
+        let result = self
+            .create_from_template_locked(&mut conn, name, run_id, hazards)
+            .await;
+        self.unlock_database(&mut conn).await;
+        let _ = conn.close().await;
+        result
+    }
+
+    async fn create_from_template_locked(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+        run_id: &str,
+        hazards: &dyn HazardLog,
+    ) -> Result<()> {
+        if Self::exists(conn, name).await? {
+            return Self::set_connections(conn, &self.database, true, hazards, run_id).await;
         }
-        self.isolate(&mut conn, &self.database, "take a template snapshot")
-            .await?;
+        self.isolate(
+            conn,
+            &self.database,
+            "take a template snapshot",
+            hazards,
+            run_id,
+        )
+        .await?;
         testhook::pause("snapshot-isolated");
         let created = Self::run(
-            &mut conn,
+            conn,
             &format!(
                 "CREATE DATABASE {} TEMPLATE {}",
                 quote_ident(name),
@@ -410,10 +541,10 @@ impl PgSnapshots {
             &format!("copying {} to {name}", self.database),
         )
         .await;
-        let reopened = Self::set_connections(&mut conn, &self.database, true).await;
+        let reopened = Self::set_connections(conn, &self.database, true, hazards, run_id).await;
         match created {
             Ok(()) => {}
-            Err(e) if Self::exists(&mut conn, name).await.unwrap_or(false) => {
+            Err(e) if Self::exists(conn, name).await.unwrap_or(false) => {
                 tracing::info!("{name} was created by an earlier attempt: {e}");
             }
             Err(e) => return Err(e),
@@ -515,54 +646,25 @@ impl PgSnapshots {
         .await?;
         Self::rename(conn, &staging, snapshot).await
     }
-}
-
-#[async_trait]
-impl SnapshotProvider for PgSnapshots {
-    fn kind(&self) -> &'static str {
-        match self.method {
-            Method::Template { .. } => "pg-template",
-            Method::Dump { .. } => "pg-dump",
-        }
-    }
-
-    fn snapshot_name(&self, run_id: &str) -> String {
-        derived_name(&self.database, &format!("_snap_{}", run_token(run_id)))
-    }
-
-    async fn create(&self, run_id: &str, progress: &dyn Progress) -> Result<Snapshot> {
-        let name = self.snapshot_name(run_id);
-        progress.update(&format!("copying {} to {name}", self.database));
-        match &self.method {
-            Method::Template { .. } => self.create_from_template(&name).await?,
-            Method::Dump { .. } => self.create_dump(run_id).await?,
-        }
-        let found = self.list().await?.into_iter().find(|s| s.name == name);
-        found.ok_or_else(|| {
-            Error::Snapshot(format!(
-                "snapshot {name} was made but cannot be found again"
-            ))
-        })
-    }
-
-    async fn restore(
+    async fn restore_locked(
         &self,
+        conn: &mut PgConnection,
         snapshot: &str,
         run_id: &str,
         progress: &dyn Progress,
+        hazards: &dyn HazardLog,
     ) -> Result<Restored> {
         let target = &self.database;
         let failed = self.failed_name(run_id);
-        let mut conn = self.connect().await?;
         let done = Restored {
             snapshot: snapshot.to_string(),
             preserved_as: failed.clone(),
         };
-        let failed_exists = Self::exists(&mut conn, &failed).await?;
-        let target_exists = Self::exists(&mut conn, target).await?;
-        let mut snapshot_exists = Self::exists(&mut conn, snapshot).await?;
+        let failed_exists = Self::exists(conn, &failed).await?;
+        let target_exists = Self::exists(conn, target).await?;
+        let mut snapshot_exists = Self::exists(conn, snapshot).await?;
         if failed_exists && target_exists && !snapshot_exists {
-            Self::set_connections(&mut conn, target, true).await?;
+            Self::set_connections(conn, target, true, hazards, run_id).await?;
             return Ok(done);
         }
         if !failed_exists {
@@ -570,8 +672,8 @@ impl SnapshotProvider for PgSnapshots {
                 progress.update(&format!(
                     "restoring dump {snapshot} into a staging database"
                 ));
-                self.stage_dump(&mut conn, snapshot, run_id).await?;
-                snapshot_exists = Self::exists(&mut conn, snapshot).await?;
+                self.stage_dump(conn, snapshot, run_id).await?;
+                snapshot_exists = Self::exists(conn, snapshot).await?;
             }
             if !snapshot_exists {
                 return Err(Error::Snapshot(format!(
@@ -587,9 +689,13 @@ impl SnapshotProvider for PgSnapshots {
                 )));
             }
             progress.update(&format!("moving {target} aside as {failed}"));
-            self.isolate(&mut conn, target, "restore").await?;
-            Self::rename(&mut conn, target, &failed).await?;
-            Self::set_connections(&mut conn, &failed, true).await?;
+            self.isolate(conn, target, "restore", hazards, run_id)
+                .await?;
+            Self::rename(conn, target, &failed).await?;
+            Self::set_connections(conn, &failed, true, hazards, run_id).await?;
+            hazards.clear(&Hazard::ConnectionsBlocked {
+                database: target.clone(),
+            })?;
         }
         testhook::pause("restore-between-renames");
         if !snapshot_exists {
@@ -599,13 +705,147 @@ impl SnapshotProvider for PgSnapshots {
             )));
         }
         progress.update(&format!("renaming {snapshot} to {target}"));
-        self.isolate(&mut conn, snapshot, "restore").await?;
-        Self::rename(&mut conn, snapshot, target).await?;
-        Self::set_connections(&mut conn, target, true).await?;
-        let _ = conn.close().await;
+        self.isolate(conn, snapshot, "restore", hazards, run_id)
+            .await?;
+        Self::rename(conn, snapshot, target).await?;
+        Self::set_connections(conn, target, true, hazards, run_id).await?;
+        hazards.clear(&Hazard::ConnectionsBlocked {
+            database: snapshot.to_string(),
+        })?;
         Ok(done)
     }
 
+    /// Lifts every connection block left on this environment's databases (the database and
+    /// sluice's copies of it) and forgets the hazards; called with the snapshot lock held, so
+    /// no copy or restore is under way.
+    async fn recover_locked(
+        &self,
+        conn: &mut PgConnection,
+        open: &[super::NotedHazard],
+        hazards: &dyn HazardLog,
+    ) -> Result<Vec<String>> {
+        let mut names: Vec<String> = open
+            .iter()
+            .map(|noted| match &noted.hazard {
+                Hazard::ConnectionsBlocked { database } => database.clone(),
+            })
+            .collect();
+        names.push(self.database.clone());
+        let prefixes = [
+            derived_name(&self.database, "_snap_"),
+            derived_name(&self.database, "_failed_"),
+            derived_name(&self.database, "_restoring_"),
+        ];
+        let blocked: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database WHERE NOT datallowconn AND NOT datistemplate \
+             AND (datname = ANY($1) OR starts_with(datname, $2) OR starts_with(datname, $3) \
+                  OR starts_with(datname, $4)) ORDER BY datname",
+        )
+        .bind(&names)
+        .bind(&prefixes[0])
+        .bind(&prefixes[1])
+        .bind(&prefixes[2])
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| Error::database("looking for databases left without connections", e))?;
+        let by = open
+            .iter()
+            .map(|n| format!("run {} at {}", n.run_id, n.at.to_rfc3339()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut done = Vec::new();
+        for database in &blocked {
+            Self::run(
+                conn,
+                &allow_connections_sql(database, true),
+                &format!("re-allowing new connections to {database}"),
+            )
+            .await?;
+            done.push(format!(
+                "re-allowed connections to `{database}`: sluice blocked them for a copy or restore \
+                 ({by}) whose process ended before it could let them in again"
+            ));
+        }
+        for noted in open {
+            hazards.clear(&noted.hazard)?;
+        }
+        Ok(done)
+    }
+}
+
+#[async_trait]
+impl SnapshotProvider for PgSnapshots {
+    fn kind(&self) -> &'static str {
+        match self.method {
+            Method::Template { .. } => "pg-template",
+            Method::Dump { .. } => "pg-dump",
+        }
+    }
+
+    fn snapshot_name(&self, run_id: &str) -> String {
+        derived_name(&self.database, &format!("_snap_{}", run_token(run_id)))
+    }
+
+    async fn create(
+        &self,
+        run_id: &str,
+        progress: &dyn Progress,
+        hazards: &dyn HazardLog,
+    ) -> Result<Snapshot> {
+        let name = self.snapshot_name(run_id);
+        progress.update(&format!("copying {} to {name}", self.database));
+        match &self.method {
+            Method::Template { .. } => {
+                self.create_from_template(&name, run_id, progress, hazards)
+                    .await?
+            }
+            Method::Dump { .. } => self.create_dump(run_id).await?,
+        }
+        let found = self.list().await?.into_iter().find(|s| s.name == name);
+        found.ok_or_else(|| {
+            Error::Snapshot(format!(
+                "snapshot {name} was made but cannot be found again"
+            ))
+        })
+    }
+
+    async fn restore(
+        &self,
+        snapshot: &str,
+        run_id: &str,
+        progress: &dyn Progress,
+        hazards: &dyn HazardLog,
+    ) -> Result<Restored> {
+        let mut conn = self.connect().await?;
+        self.lock_database(&mut conn, progress).await?;
+        let result = self
+            .restore_locked(&mut conn, snapshot, run_id, progress, hazards)
+            .await;
+        self.unlock_database(&mut conn).await;
+        let _ = conn.close().await;
+        result
+    }
+
+    async fn recover(&self, hazards: &dyn HazardLog) -> Result<Vec<String>> {
+        let open = hazards.open()?;
+        if open.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.connect().await?;
+        if !self.try_lock_database(&mut conn).await? {
+            let holder = self.lock_holder(&mut conn).await.unwrap_or_default();
+            let _ = conn.close().await;
+            return Ok(vec![format!(
+                "another session is copying or restoring `{}` now ({holder}); its connection block is \
+                 its own to lift",
+                self.database
+            )]);
+        }
+        let result = self.recover_locked(&mut conn, &open, hazards).await;
+        self.unlock_database(&mut conn).await;
+        let _ = conn.close().await;
+        result
+    }
     async fn delete(&self, name: &str) -> Result<()> {
         let is_ours = [
             format!("{}_snap_", self.database),

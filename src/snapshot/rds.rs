@@ -1313,7 +1313,7 @@ impl RdsSnapshots {
                             ..e
                         });
                     }
-                    warn!(call = %e.call, identifier = %e.identifier, code = ?e.code,
+                    warn!(call = %e.call, identifier = %e.identifier, code = e.code.as_deref().unwrap_or("(none)"),
                           "RDS call throttled or failed transiently; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF.max(self.poll_interval));
@@ -2387,7 +2387,12 @@ impl SnapshotProvider for RdsSnapshots {
         snapshot_identifier(self.id(), run_id)
     }
 
-    async fn create(&self, run_id: &str, progress: &dyn Progress) -> Result<Snapshot> {
+    async fn create(
+        &self,
+        run_id: &str,
+        progress: &dyn Progress,
+        _hazards: &dyn super::HazardLog,
+    ) -> Result<Snapshot> {
         self.create_snapshot(run_id, progress).await
     }
 
@@ -2396,6 +2401,7 @@ impl SnapshotProvider for RdsSnapshots {
         snapshot: &str,
         run_id: &str,
         progress: &dyn Progress,
+        _hazards: &dyn super::HazardLog,
     ) -> Result<Restored> {
         let snapshot = snapshot.trim().to_ascii_lowercase();
         match self.target {

@@ -87,7 +87,12 @@ impl SnapshotProvider for SqliteFileSnapshots {
         format!("{}{SNAP_MARK}{}", file_name(&self.db), run_token(run_id))
     }
 
-    async fn create(&self, run_id: &str, progress: &dyn Progress) -> Result<Snapshot> {
+    async fn create(
+        &self,
+        run_id: &str,
+        progress: &dyn Progress,
+        _hazards: &dyn super::HazardLog,
+    ) -> Result<Snapshot> {
         let name = self.snapshot_name(run_id);
         let path = self.sibling(&name);
         if !path.exists() {
@@ -124,6 +129,7 @@ impl SnapshotProvider for SqliteFileSnapshots {
         snapshot: &str,
         run_id: &str,
         progress: &dyn Progress,
+        _hazards: &dyn super::HazardLog,
     ) -> Result<Restored> {
         let source = self.sibling(snapshot);
         if !snapshot.contains(SNAP_MARK) || !source.exists() {

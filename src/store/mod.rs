@@ -159,13 +159,7 @@ impl SledStore {
                 || text.contains("WouldBlock")
                 || text.contains("temporarily unavailable")
             {
-                Error::Io {
-                    path: dir.display().to_string(),
-                    message:
-                        "the state store is in use by another sluice process (sled allows one \
-                              process at a time); stop it or run this command through it"
-                            .into(),
-                }
+                Error::StoreInUse(dir.display().to_string())
             } else {
                 Error::io(dir, text)
             }
@@ -286,10 +280,25 @@ impl OnDemandStore {
         loop {
             match SledStore::open(&self.dir) {
                 Ok(store) => return op(&store),
-                Err(Error::Io { message, .. })
-                    if message.contains("in use by another sluice process")
-                        && std::time::Instant::now() < deadline =>
-                {
+                Err(Error::StoreInUse(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl OnDemandStore {
+    /// Checks that no other process holds the store for longer than `wait` (a command holds it
+    /// for milliseconds; a daemon for as long as it runs), so a command can refuse before it
+    /// touches a database instead of failing after.
+    pub fn ensure_free(&self, wait: std::time::Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match SledStore::open(&self.dir) {
+                Ok(_) => return Ok(()),
+                Err(Error::StoreInUse(_)) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e) => return Err(e),

@@ -82,6 +82,15 @@ pub enum RunKind {
     Rollback,
 }
 
+impl std::fmt::Display for RunKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunKind::Promotion => "promotion",
+            RunKind::Rollback => "rollback",
+        })
+    }
+}
+
 /// Where a run is. Every change is written to the store before the action it announces.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]

@@ -70,6 +70,16 @@ pub enum RowState {
 }
 
 impl HistoryRow {
+    /// Whether run `run_id` wrote this row: the `run_id` column in sluice mode, the run's mark
+    /// in the row id in Prisma mode (see [`row_id_for`]). A run may only ever undo what it
+    /// applied itself, never what another deployer applied meanwhile.
+    pub fn written_by(&self, run_id: &str) -> bool {
+        if let Some(owner) = &self.run_id {
+            return owner == run_id;
+        }
+        run_mark(run_id).is_some_and(|mark| self.id.starts_with(&mark))
+    }
+
     /// The row's state by Prisma's rules, refined with sluice's progress records.
     pub fn state(&self) -> RowState {
         if self.rolled_back_at.is_some() {
@@ -122,6 +132,26 @@ pub struct HistoryTable {
     pub mode: HistoryMode,
     /// The engine, for types and timestamp expressions.
     pub engine: Engine,
+}
+
+/// The first 12 hex digits of a uuid run id, as they open a uuid's text (`xxxxxxxx-xxxx`);
+/// `None` for a run id that is not a uuid.
+fn run_mark(run_id: &str) -> Option<String> {
+    let uuid = uuid::Uuid::parse_str(run_id).ok()?;
+    let text = uuid.hyphenated().to_string();
+    Some(text[..13].to_string())
+}
+
+/// A new history row id for run `run_id`: a uuid v4 in form whose first 12 hex digits are the
+/// run's, so a row in Prisma's table (which has no column for the run) still says which run
+/// wrote it, and Prisma still sees a uuid. The other 74 bits are random.
+pub fn row_id_for(run_id: &str) -> String {
+    let random = uuid::Uuid::new_v4();
+    let Some(mark) = run_mark(run_id) else {
+        return random.to_string();
+    };
+    let text = random.hyphenated().to_string();
+    format!("{mark}{}", &text[13..])
 }
 
 /// Quotes a string as an SQL literal (standard_conforming_strings on; NUL cannot be stored).
@@ -473,6 +503,38 @@ fn parse_progress(text: &str) -> Option<Progress> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn item02_a_row_says_which_run_wrote_it_in_both_modes() {
+        let run = "0f8e3a2c-1b4d-4e5f-8a9b-0c1d2e3f4a5b";
+        let other = "9a8b7c6d-1b4d-4e5f-8a9b-0c1d2e3f4a5b";
+        let id = row_id_for(run);
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id} is a uuid");
+        assert!(id.starts_with("0f8e3a2c-1b4d-"), "{id}");
+        assert_ne!(row_id_for(run), id, "ids stay unique within a run");
+        let prisma_row = |id: &str| HistoryRow {
+            id: id.into(),
+            migration_name: "m".into(),
+            checksum: String::new(),
+            started_at: None,
+            finished_at: None,
+            rolled_back_at: None,
+            error: None,
+            progress: None,
+            notes: Vec::new(),
+            run_id: None,
+        };
+        assert!(prisma_row(&id).written_by(run));
+        assert!(!prisma_row(&id).written_by(other));
+        assert!(!prisma_row(&uuid::Uuid::new_v4().to_string()).written_by(run));
+        assert!(
+            !prisma_row(&id).written_by("manual"),
+            "a run id that is no uuid owns nothing"
+        );
+        let mut sluice_row = prisma_row(&uuid::Uuid::new_v4().to_string());
+        sluice_row.run_id = Some(other.into());
+        assert!(sluice_row.written_by(other) && !sluice_row.written_by(run));
+    }
 
     #[test]
     fn literals_escape_quotes_and_drop_nul() {

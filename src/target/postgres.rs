@@ -76,6 +76,16 @@ fn sql_error(err: sqlx::Error) -> ExecError {
     }
 }
 
+/// The statement that blocks or re-allows new connections to `database` (run on another
+/// database of the server): what pg-template snapshots do around a copy, and what a person
+/// runs by hand when a killed copy left the block behind.
+pub fn allow_connections_sql(database: &str, allow: bool) -> String {
+    format!(
+        "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS {allow}",
+        database.replace('"', "\"\"")
+    )
+}
+
 impl PgTarget {
     /// Connects with the environment's timeouts set as session defaults.
     pub async fn connect(url: &str, env: &Environment) -> Result<PgTarget> {
@@ -101,7 +111,25 @@ impl PgTarget {
             options = options.options([("search_path", schema)]);
         }
         let conn = options.connect().await.map_err(|e| {
-            Error::database(format!("cannot connect to environment `{}`", env.name), e)
+            let context = format!("cannot connect to environment `{}`", env.name);
+            let refused = e
+                .as_database_error()
+                .is_some_and(|d| d.code().as_deref() == Some("55000"));
+            match (refused, options.get_database()) {
+                (true, Some(database)) => Error::Database {
+                    context,
+                    message: format!(
+                        "{}. Its connections are blocked (datallowconn = false): sluice blocks them \
+                         while it copies the database for a pg-template snapshot, and a copy killed \
+                         half-way leaves them blocked. The next run or `sluice apply` of `{}` lifts a \
+                         block sluice made; to lift it by hand, run on the maintenance database:\n  {};",
+                        redact_urls(&e.as_database_error().map(|d| d.message().to_string()).unwrap_or_default()),
+                        env.name,
+                        allow_connections_sql(database, true)
+                    ),
+                },
+                _ => Error::database(context, e),
+            }
         })?;
         Ok(PgTarget {
             conn,

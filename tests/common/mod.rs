@@ -21,6 +21,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod hints;
 pub mod ladder;
 pub mod slack;
 
@@ -468,6 +469,15 @@ impl TestDb {
         match run_psql(&self.url, sql) {
             Ok(s) => s,
             Err(e) => panic!("psql on {} failed.\nSQL: {sql}\n{e}", self.name),
+        }
+    }
+
+    /// Like [`TestDb::psql`], on the server's maintenance database: for questions about this
+    /// database that must not need a connection to it.
+    pub fn admin_psql(&self, sql: &str) -> String {
+        match run_psql(&self.server.admin_url(), sql) {
+            Ok(s) => s,
+            Err(e) => panic!("psql on the maintenance database failed.\nSQL: {sql}\n{e}"),
         }
     }
 
@@ -987,4 +997,90 @@ pub fn example_copy() -> tempfile::TempDir {
         copy_dir(&root.join(sub), &dir.path().join(sub));
     }
     dir
+}
+
+/// A sluice command stopped at a named pause point (`SLUICE_TEST_PAUSE`), to be killed there
+/// or, when it was given a release file (`SLUICE_TEST_PAUSE_UNTIL`), let go on.
+pub struct Paused {
+    child: std::process::Child,
+    rest: std::sync::mpsc::Receiver<String>,
+}
+
+impl Paused {
+    /// Spawns `cmd` with the pause point set and waits until it stands there.
+    pub fn start(mut cmd: Command, point: &str, until: Option<&Path>) -> Paused {
+        use std::io::BufRead;
+        cmd.env("SLUICE_TEST_PAUSE", point)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(file) = until {
+            cmd.env("SLUICE_TEST_PAUSE_UNTIL", file);
+        }
+        let mut child = cmd.spawn().expect("spawn sluice");
+        let stderr = child.stderr.take().expect("stderr");
+        let (paused_tx, paused_rx) = std::sync::mpsc::channel();
+        let (rest_tx, rest) = std::sync::mpsc::channel();
+        let wanted = format!("sluice-test-paused: {point}");
+        std::thread::spawn(move || {
+            let mut seen = String::new();
+            let mut told = false;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(|l| l.ok())
+            {
+                if !told && line == wanted {
+                    let _ = paused_tx.send(Ok(()));
+                    told = true;
+                    continue;
+                }
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            if !told {
+                let _ = paused_tx.send(Err(seen.clone()));
+            }
+            let _ = rest_tx.send(seen);
+        });
+        match paused_rx.recv_timeout(Duration::from_secs(90)) {
+            Ok(Ok(())) => Paused { child, rest },
+            Ok(Err(output)) => panic!("sluice never reached {point}:\n{output}"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("timed out waiting for {point}")
+            }
+        }
+    }
+
+    /// SIGKILL where it stands.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the command to end (after its release file appeared); exit status, stdout
+    /// and everything it wrote to stderr after the pause line.
+    pub fn finish(mut self) -> (ExitStatus, String, String) {
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = out.read_to_string(&mut stdout);
+        }
+        let status = self.child.wait().expect("wait for sluice");
+        let stderr = self
+            .rest
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_default();
+        (status, stdout, stderr)
+    }
+}
+
+/// The names of `db` and its copies (snapshots, preserved copies) that refuse connections: a
+/// killed template copy must leave none. Other tests' databases, which may be in the middle of
+/// a copy, are not looked at.
+pub fn databases_refusing_connections(db: &TestDb) -> String {
+    db.admin_psql(&format!(
+        "SELECT coalesce(string_agg(datname, ', '), '') FROM pg_database \
+         WHERE NOT datallowconn AND NOT datistemplate AND starts_with(datname, '{}')",
+        db.name
+    ))
 }

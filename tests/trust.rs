@@ -1,0 +1,536 @@
+//! What broke when sluice was tried as production users and attackers would (issue 12): a
+//! process killed mid-snapshot, another deployer on the same database, a failed migration, the
+//! CLI beside a daemon, CI reading exit codes. Each test is named after the item it proves and
+//! drives the real binary against the harness's private PostgreSQL cluster.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::daemon::*;
+use common::hints::{hint_args, hints, run_hint};
+use common::ladder::*;
+use common::*;
+use serde_json::Value;
+
+fn history(db: &TestDb) -> String {
+    db.psql_try(
+        "SELECT string_agg(migration_name || ':' || (finished_at IS NOT NULL) || ':' || \
+         (rolled_back_at IS NOT NULL), ',' ORDER BY started_at, migration_name) FROM _prisma_migrations",
+    )
+    .unwrap_or_else(|e| format!("no history table: {e}"))
+}
+
+fn copies(db: &TestDb, infix: &str) -> i64 {
+    db.admin_psql(&format!(
+        "SELECT count(*) FROM pg_database WHERE starts_with(datname, '{}{infix}')",
+        db.name
+    ))
+    .parse()
+    .unwrap()
+}
+
+fn promote(daemon: &Daemon, body: &str) -> String {
+    let (status, created) = daemon.post("/v1/promotions", Some(DEPLOYER), body);
+    assert_eq!(status, 202, "{created}");
+    created[0]["id"].as_str().unwrap().to_string()
+}
+
+fn settled(run: &Value) -> bool {
+    matches!(
+        state_of(run),
+        "succeeded" | "rolled_back" | "halted" | "cancelled" | "rejected"
+    )
+}
+
+fn reason_of(run: &Value) -> String {
+    run["state"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The daemon's URL and a deployer token, for running ladder hints against it.
+fn daemon_env(daemon: &Daemon) -> [(&'static str, String); 2] {
+    [
+        ("SLUICE_URL", daemon.base.clone()),
+        ("SLUICE_TOKEN", DEPLOYER.to_string()),
+    ]
+}
+
+fn run_hints_ok(project: &Project, daemon: &Daemon, hints: &[String]) {
+    let env = daemon_env(daemon);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for hint in hints {
+        let out = run_hint(project, hint, &env);
+        assert!(
+            out.status.success(),
+            "the hint `{hint}` failed:\n{}",
+            output_text(&out)
+        );
+    }
+}
+
+fn release_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("go-on")
+}
+
+#[test]
+fn hints_are_found_and_split_like_a_shell_would() {
+    let text = "failed. Next: `sluice resume abc`; or `sluice resolve --env dev --rolled-back 'a b' --reason \"…\"` and `psql -c x`";
+    let found = hints(text);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(hint_args(&found[0], "x"), ["resume", "abc"]);
+    assert_eq!(
+        hint_args(&found[1], "why"),
+        [
+            "resolve",
+            "--env",
+            "dev",
+            "--rolled-back",
+            "a b",
+            "--reason",
+            "why"
+        ]
+    );
+}
+
+/// Item 2: another deployer applies migrations between the run's snapshot and its migration
+/// lock. The run halts, says what changed, and undoes nothing; its hints get the environment
+/// moving again.
+#[test]
+fn item02_a_run_never_undoes_what_another_deployer_applied_under_it() {
+    let ladder = Ladder::new("item02", &[]);
+    ladder.policy(
+        "dev",
+        "environment = \"dev\"\n[rollback]\non_failure = [\"snapshot\"]\n",
+    );
+    let dev = ladder.db("dev");
+    let pause = tempfile::tempdir().unwrap();
+    let go_on = release_file(pause.path());
+    let daemon = Daemon::start(
+        &ladder.project,
+        &[
+            ("SLUICE_TEST_PAUSE", "run-state:snapshotted"),
+            ("SLUICE_TEST_PAUSE_UNTIL", go_on.to_str().unwrap()),
+        ],
+    );
+    let id = promote(&daemon, r#"{"to": "dev"}"#);
+    daemon.wait_for_log(
+        "sluice-test-paused: run-state:snapshotted",
+        Duration::from_secs(60),
+    );
+
+    // Another deployer (a second sluice with its own state) applies two migrations now.
+    let other = Project::new(
+        &ladder.project.path().join("migrations"),
+        &[("dev", &dev.url)],
+    );
+    other.run_ok(&["apply", "--env", "dev", "--to", M2]);
+    std::fs::write(&go_on, "").unwrap();
+
+    let run = daemon.wait_run(&id, DEPLOYER, Duration::from_secs(60), settled);
+    assert_eq!(state_of(&run), "halted", "{run}");
+    let reason = reason_of(&run);
+    assert!(
+        reason.contains("changed between the snapshot and the migration lock")
+            && reason.contains(M1)
+            && reason.contains(M2)
+            && reason.contains("nothing was undone"),
+        "the halt says what changed: {reason}"
+    );
+    assert_eq!(
+        history(dev),
+        format!("{M1}:true:false,{M2}:true:false"),
+        "the other deploy's migrations stay applied"
+    );
+    assert_eq!(
+        dev.psql_i64("SELECT count(*) FROM information_schema.tables WHERE table_name IN ('users', 'orders')"),
+        2
+    );
+    assert_eq!(copies(dev, "_failed_"), 0, "nothing was restored");
+
+    // Its hints: cancel, then promote again, which applies only what is left.
+    let next = hints(&reason);
+    assert!(
+        next.iter().any(|h| h.starts_with("sluice cancel"))
+            && next.iter().any(|h| h.starts_with("sluice promote")),
+        "{reason}"
+    );
+    run_hints_ok(&ladder.project, &daemon, &next);
+    let runs = daemon.wait_runs("dev", DEPLOYER, Duration::from_secs(60), |runs| {
+        runs.iter().any(|r| r["id"] != id.as_str() && settled(r))
+    });
+    let again = runs.iter().find(|r| r["id"] != id.as_str()).unwrap();
+    assert_eq!(state_of(again), "succeeded", "{again}");
+    assert_eq!(
+        history(dev),
+        format!("{M1}:true:false,{M2}:true:false,{M3}:true:false")
+    );
+}
+
+/// Item 3, first half: a migration fails and the run applied nothing. It halts (no restore:
+/// writes since the snapshot survive), and the hint for a cause outside the migration works.
+#[test]
+fn item03_a_failed_migration_with_nothing_applied_halts_and_resume_works() {
+    let ladder = Ladder::new("item03a", &[]);
+    ladder.policy(
+        "dev",
+        "environment = \"dev\"\n[rollback]\non_failure = [\"down\", \"snapshot\"]\n",
+    );
+    let dev = ladder.db("dev");
+    ladder
+        .project
+        .run_ok(&["apply", "--env", "dev", "--to", M1]);
+    // M2 needs a table only a person can provide.
+    add_migration_with_down(
+        &ladder.project,
+        M2,
+        "CREATE TABLE orders (id serial PRIMARY KEY, user_id int NOT NULL REFERENCES users(id), \
+         account_id int REFERENCES accounts(id));\n",
+        "DROP TABLE orders;\n",
+    );
+    let pause = tempfile::tempdir().unwrap();
+    let go_on = release_file(pause.path());
+    let daemon = Daemon::start(
+        &ladder.project,
+        &[
+            ("SLUICE_TEST_PAUSE", "run-state:snapshotted"),
+            ("SLUICE_TEST_PAUSE_UNTIL", go_on.to_str().unwrap()),
+        ],
+    );
+    let id = promote(&daemon, r#"{"to": "dev"}"#);
+    daemon.wait_for_log(
+        "sluice-test-paused: run-state:snapshotted",
+        Duration::from_secs(60),
+    );
+    // Written after the snapshot: a restore would throw it away.
+    dev.psql("INSERT INTO users (email) VALUES ('after-the-snapshot@example.com')");
+    std::fs::write(&go_on, "").unwrap();
+
+    let run = daemon.wait_run(&id, DEPLOYER, Duration::from_secs(60), settled);
+    assert_eq!(state_of(&run), "halted", "{run}");
+    let reason = reason_of(&run);
+    assert!(reason.contains("42P01"), "the SQL error is there: {reason}");
+    assert!(reason.contains("nothing was applied"), "{reason}");
+    assert_eq!(copies(dev, "_failed_"), 0, "no restore: {reason}");
+    assert_eq!(
+        dev.psql_i64("SELECT count(*) FROM users WHERE email = 'after-the-snapshot@example.com'"),
+        1,
+        "writes made since the snapshot are kept"
+    );
+    let next = hints(&reason);
+    let resume = next
+        .iter()
+        .find(|h| h.starts_with("sluice resume"))
+        .unwrap_or_else(|| panic!("no resume hint: {reason}"));
+    assert!(
+        next.iter()
+            .any(|h| h.starts_with("sluice resolve") && h.contains(M2)),
+        "{reason}"
+    );
+
+    // The cause lies outside the migration: provide it, then follow the resume hint.
+    dev.psql("CREATE TABLE accounts (id serial PRIMARY KEY)");
+    run_hints_ok(&ladder.project, &daemon, std::slice::from_ref(resume));
+    let run = daemon.wait_run(&id, DEPLOYER, Duration::from_secs(60), |r| {
+        state_of(r) == "succeeded" || state_of(r) == "halted" && reason_of(r) != reason
+    });
+    assert_eq!(state_of(&run), "succeeded", "{run}");
+    assert_eq!(
+        history(dev),
+        format!("{M1}:true:false,{M2}:false:true,{M2}:true:false,{M3}:true:false"),
+        "the failed attempt keeps its row (rolled back), the retry has its own"
+    );
+}
+
+/// Item 3, second half: the other hints of a halt (cancel, resolve, new release) work, and
+/// after a restore the rolled-back run suggests nothing that no longer applies.
+#[test]
+fn item03_every_hint_after_a_halt_or_a_restore_works() {
+    let ladder = Ladder::new("item03b", &[]);
+    ladder.policy(
+        "dev",
+        "environment = \"dev\"\n[rollback]\non_failure = [\"snapshot\"]\n",
+    );
+    let dev = ladder.db("dev");
+    ladder
+        .project
+        .run_ok(&["apply", "--env", "dev", "--to", M1]);
+    let m2 = ladder.project.add_migration(
+        M2,
+        "CREATE TABLE orders (id serial PRIMARY KEY, user_id int REFERENCES nope(id));\n",
+    );
+    std::fs::remove_file(
+        ladder
+            .project
+            .path()
+            .join("migrations")
+            .join(M3)
+            .join("migration.sql"),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(ladder.project.path().join("migrations").join(M3)).unwrap();
+    let daemon = Daemon::start(&ladder.project, &[]);
+    let first = promote(&daemon, r#"{"to": "dev"}"#);
+    let run = daemon.wait_run(&first, DEPLOYER, Duration::from_secs(60), settled);
+    assert_eq!(state_of(&run), "halted", "{run}");
+    let reason = reason_of(&run);
+    // The migration must change: cancel, resolve its failed attempt, fix, promote.
+    let next: Vec<String> = hints(&reason)
+        .into_iter()
+        .filter(|h| !h.starts_with("sluice resume"))
+        .collect();
+    assert_eq!(next.len(), 2, "cancel and resolve: {reason}");
+    run_hints_ok(&ladder.project, &daemon, &next);
+    std::fs::write(
+        &m2,
+        "CREATE TABLE orders (id serial PRIMARY KEY, user_id int REFERENCES users(id));\n",
+    )
+    .unwrap();
+    // M3 now applies M2's table and fails after M2 committed: the run applied something.
+    ladder.project.add_migration(
+        M3,
+        "ALTER TABLE orders ADD COLUMN total numeric NOT NULL DEFAULT 'not a number';\n",
+    );
+    let (status, body) = daemon.post("/v1/releases", Some(DEPLOYER), "{}");
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let second = promote(&daemon, r#"{"to": "dev"}"#);
+    let run = daemon.wait_run(&second, DEPLOYER, Duration::from_secs(90), settled);
+    assert_eq!(state_of(&run), "rolled_back", "{run}");
+    let reason = reason_of(&run);
+    assert!(
+        !reason.contains("resolve"),
+        "after a restore there is no failed row to resolve: {reason}"
+    );
+    assert!(
+        reason.contains("back where it was") && reason.contains("_failed_"),
+        "{reason}"
+    );
+    assert_eq!(history(dev), format!("{M1}:true:false,{M2}:false:true"));
+    run_hints_ok(&ladder.project, &daemon, &hints(&reason));
+    // "fix the cause and promote again"
+    std::fs::write(
+        ladder
+            .project
+            .path()
+            .join("migrations")
+            .join(M3)
+            .join("migration.sql"),
+        "ALTER TABLE orders ADD COLUMN total numeric NOT NULL DEFAULT 0;\n",
+    )
+    .unwrap();
+    let (status, body) = daemon.post("/v1/releases", Some(DEPLOYER), "{}");
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let third = promote(&daemon, r#"{"to": "dev"}"#);
+    let run = daemon.wait_run(&third, DEPLOYER, Duration::from_secs(90), settled);
+    assert_eq!(state_of(&run), "succeeded", "{run}");
+}
+
+fn pg_template_project(prefix: &str) -> (Project, TestDb) {
+    let db = pg().create_db(prefix);
+    let mut project = Project::with_local_migrations(&[], "");
+    project.add_env(
+        "dev",
+        &db.url,
+        "lock_timeout = \"5s\"\n[snapshot]\nprovider = \"pg-template\"\n",
+    );
+    project.add_migration(
+        M1,
+        "CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL);\n",
+    );
+    db.psql("CREATE TABLE keepme (id int PRIMARY KEY); INSERT INTO keepme VALUES (7)");
+    (project, db)
+}
+
+fn allows_connections(db: &TestDb) -> bool {
+    db.admin_psql(&format!(
+        "SELECT datallowconn FROM pg_database WHERE datname = '{}'",
+        db.name
+    )) == "t"
+}
+
+/// Item 1: `sluice apply` killed while its template copy blocks connections. The next command
+/// that connects says exactly how to lift the block by hand; the next `apply` lifts it first
+/// (sluice noted that it blocked them) and carries on.
+#[test]
+fn item01_a_killed_template_copy_never_locks_applications_out() {
+    let (project, db) = pg_template_project("item01");
+    Paused::start(
+        project.cmd(&["apply", "--env", "dev"]),
+        "snapshot-isolated",
+        None,
+    )
+    .kill();
+    assert!(
+        !allows_connections(&db),
+        "the kill left connections blocked (the situation this test is about)"
+    );
+
+    let status = project.run(&["status", "--env", "dev"]);
+    assert_exit_code(&status, 2);
+    let text = output_text(&status);
+    let sql = format!(
+        "ALTER DATABASE \"{}\" WITH ALLOW_CONNECTIONS true;",
+        db.name
+    );
+    assert!(
+        text.contains(&sql),
+        "the message gives the exact SQL:\n{text}"
+    );
+
+    let apply = project.run(&["apply", "--env", "dev"]);
+    assert_success(&apply);
+    assert!(allows_connections(&db), "{}", output_text(&apply));
+    assert!(
+        output_text(&apply).contains("re-allowed connections"),
+        "the apply says what it undid:\n{}",
+        output_text(&apply)
+    );
+    assert_eq!(history(&db), format!("{M1}:true:false"));
+    assert_eq!(databases_refusing_connections(&db), "");
+    assert_eq!(
+        copies(&db, "_snap_"),
+        1,
+        "one snapshot, by the second apply"
+    );
+}
+
+/// Item 6: a second sluice copies the database for a snapshot while the daemon verifies a
+/// healthy deploy. The daemon's checks wait out the block instead of rolling back, and a third
+/// sluice waits for the second's copy instead of racing it.
+#[test]
+fn item06_another_sluices_snapshot_never_rolls_back_a_healthy_deploy() {
+    let ladder = Ladder::new(
+        "item06",
+        &[(
+            "dev",
+            "[[health]]\nname = \"users\"\nkind = \"sql\"\nquery = \"SELECT count(*) FROM users\"\nexpect = 0\ntimeout = \"20s\"\n",
+        )],
+    );
+    ladder.policy(
+        "dev",
+        "environment = \"dev\"\n[rollback]\non_failure = [\"snapshot\"]\n",
+    );
+    let dev = ladder.db("dev");
+    let pause = tempfile::tempdir().unwrap();
+    let daemon_go = pause.path().join("daemon-go");
+    let daemon = Daemon::start(
+        &ladder.project,
+        &[
+            ("SLUICE_TEST_PAUSE", "run-state:verifying"),
+            ("SLUICE_TEST_PAUSE_UNTIL", daemon_go.to_str().unwrap()),
+        ],
+    );
+    let id = promote(&daemon, r#"{"to": "dev"}"#);
+    daemon.wait_for_log(
+        "sluice-test-paused: run-state:verifying",
+        Duration::from_secs(60),
+    );
+
+    // Two other sluices (their own state) snapshot dev: the first stops with connections
+    // blocked, the second has to wait for it.
+    let other = Project::new(
+        &ladder.project.path().join("migrations"),
+        &[("dev", &dev.url)],
+    );
+    std::fs::write(
+        other.env_file("dev"),
+        std::fs::read_to_string(other.env_file("dev")).unwrap()
+            + "[snapshot]\nprovider = \"pg-template\"\n",
+    )
+    .unwrap();
+    let copy_go = pause.path().join("copy-go");
+    let copying = Paused::start(
+        other.cmd(&["snapshot", "--env", "dev", "--reason", "second sluice"]),
+        "snapshot-isolated",
+        Some(&copy_go),
+    );
+    assert!(!allows_connections(dev));
+    let mut third = other
+        .cmd(&["snapshot", "--env", "dev", "--reason", "third sluice"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    std::fs::write(&daemon_go, "").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(&copy_go, "").unwrap();
+    let (status, _, stderr) = copying.finish();
+    assert!(status.success(), "{stderr}");
+    let third_status = third.wait().unwrap();
+    let mut third_err = String::new();
+    std::io::Read::read_to_string(&mut third.stderr.take().unwrap(), &mut third_err).unwrap();
+    assert!(third_status.success(), "{third_err}");
+    assert!(
+        third_err.contains("another session is copying or restoring"),
+        "the third sluice waited for the second's copy: {third_err}"
+    );
+
+    let run = daemon.wait_run(&id, DEPLOYER, Duration::from_secs(60), settled);
+    assert_eq!(state_of(&run), "succeeded", "{run}");
+    assert_eq!(copies(dev, "_failed_"), 0, "nothing was restored");
+    assert_eq!(
+        copies(dev, "_snap_"),
+        3,
+        "the run's snapshot and the two others"
+    );
+    assert_eq!(databases_refusing_connections(dev), "");
+}
+
+/// Item 4: `sluice apply` on a project whose daemon runs refuses at once, before it touches
+/// the database, naming the command that asks the daemon; and a daemon that takes the store
+/// while an apply runs never hides the apply's SQL error.
+#[test]
+fn item04_apply_beside_a_daemon_refuses_first_and_never_hides_a_sql_error() {
+    let ladder = Ladder::new("item04", &[]);
+    let dev = ladder.db("dev");
+    let mut daemon = Daemon::start(&ladder.project, &[]);
+    let started = std::time::Instant::now();
+    let out = ladder.project.run(&["apply", "--env", "dev"]);
+    assert_exit_code(&out, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused at once, not after waiting for the store"
+    );
+    let text = output_text(&out);
+    assert!(
+        text.contains("`sluice promote --to dev --only`") && text.contains("nothing was changed"),
+        "{text}"
+    );
+    assert!(
+        dev.psql_try("SELECT 1 FROM _prisma_migrations").is_err(),
+        "the database was not touched"
+    );
+    daemon.kill();
+
+    // The daemon starts while an apply stands between its lock and its first migration.
+    ladder.project.add_migration(
+        M2,
+        "CREATE TABLE orders (id serial PRIMARY KEY, user_id int REFERENCES nope(id));\n",
+    );
+    let pause = tempfile::tempdir().unwrap();
+    let go_on = release_file(pause.path());
+    let applying = Paused::start(
+        ladder
+            .project
+            .cmd(&["apply", "--env", "dev", "--no-snapshot"]),
+        "after-lock",
+        Some(&go_on),
+    );
+    let daemon = Daemon::start(&ladder.project, &[]);
+    std::fs::write(&go_on, "").unwrap();
+    let (status, _, stderr) = applying.finish();
+    drop(daemon);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("42P01") && stderr.contains(M2),
+        "the SQL error is what the user reads: {stderr}"
+    );
+    assert!(
+        stderr.contains("could not be recorded in the state store"),
+        "and the store's trouble beside it: {stderr}"
+    );
+}
