@@ -534,3 +534,198 @@ fn item04_apply_beside_a_daemon_refuses_first_and_never_hides_a_sql_error() {
         "and the store's trouble beside it: {stderr}"
     );
 }
+
+fn ladder_cmd(
+    ladder: &Ladder,
+    daemon: &Daemon,
+    token: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let mut cmd = ladder.project.cmd(args);
+    cmd.env("SLUICE_URL", &daemon.base)
+        .env("SLUICE_TOKEN", token);
+    run_with_timeout(cmd, Duration::from_secs(120))
+}
+
+fn climbing_ladder(prefix: &str, staging_health: &str) -> Ladder {
+    let ladder = Ladder::new(prefix, &[("staging", staging_health)]);
+    ladder.policy("dev", "environment = \"dev\"\n");
+    ladder.policy(
+        "staging",
+        "environment = \"staging\"\nfrom = \"dev\"\nauto_promote = true\n",
+    );
+    ladder.policy(
+        "prod",
+        "environment = \"prod\"\nfrom = \"staging\"\nauto_promote = true\n\
+         [approvals]\nrequired = 1\nfrom = [\"alice\"]\n",
+    );
+    ladder
+}
+
+/// Item 10: `promote --to prod` follows every run on the way, new or already requested, and
+/// exits 3 while prod waits for an approval, 0 once prod is on the release. `approve` (given a
+/// short run id, item 15) prints the run's state now, not its history.
+#[test]
+fn item10_promote_exits_by_where_the_target_ends_up() {
+    let ladder = climbing_ladder("item10", "");
+    let daemon = Daemon::start(&ladder.project, &[]);
+    // staging and prod already have runs for the release (waiting upstream): only dev is new.
+    for env in ["prod", "staging"] {
+        let (status, body) = daemon.post(
+            "/v1/promotions",
+            Some(DEPLOYER),
+            &format!(r#"{{"to": "{env}", "ladder": false}}"#),
+        );
+        assert_eq!(status, 202, "{body}");
+    }
+    let out = ladder_cmd(&ladder, &daemon, DEPLOYER, &["promote", "--to", "prod"]);
+    let text = output_text(&out);
+    assert_exit_code(&out, 3);
+    assert!(
+        text.contains("staging")
+            && text.contains("succeeded")
+            && text.contains("waits for a person"),
+        "the existing staging and prod runs were followed:\n{text}"
+    );
+    let (_, prod) = daemon.get("/v1/environments/prod", Some(DEPLOYER));
+    let waiting = prod["waiting_runs"][0]["id"].as_str().unwrap().to_string();
+
+    let out = ladder_cmd(&ladder, &daemon, ALICE, &["approve", &waiting[..8]]);
+    let text = output_text(&out);
+    assert_exit_code(&out, 0);
+    assert!(text.contains(&format!("approved run {waiting}")), "{text}");
+    assert_eq!(
+        text.matches("queued").count(),
+        0,
+        "the history before the approval is not replayed:\n{text}"
+    );
+    assert!(text.contains("succeeded"), "{text}");
+
+    let again = ladder_cmd(&ladder, &daemon, DEPLOYER, &["promote", "--to", "prod"]);
+    assert_exit_code(&again, 0);
+    assert!(
+        output_text(&again).contains("nothing to do"),
+        "{}",
+        output_text(&again)
+    );
+}
+
+/// Item 10: a run that rolls back on the way fails the pipeline (exit 1) and is named.
+#[test]
+fn item10_promote_exits_1_when_a_run_on_the_way_rolls_back() {
+    let ladder = climbing_ladder(
+        "item10rb",
+        "[[health]]\nname = \"never\"\nkind = \"sql\"\nquery = \"SELECT 1\"\nexpect = 2\n",
+    );
+    let daemon = Daemon::start(&ladder.project, &[]);
+    let out = ladder_cmd(&ladder, &daemon, DEPLOYER, &["promote", "--to", "prod"]);
+    let text = output_text(&out);
+    assert_exit_code(&out, 1);
+    assert!(
+        text.contains("staging") && text.contains("rolled back"),
+        "the rolled-back run is named:\n{text}"
+    );
+}
+
+/// Item 12: an approval that expired is renewed by the same approver approving again.
+#[test]
+fn item12_an_expired_approval_is_renewed_by_approving_again() {
+    let ladder = Ladder::new("item12", &[]);
+    ladder.policy(
+        "dev",
+        "environment = \"dev\"\n[approvals]\nrequired = 1\nexpiry = \"2s\"\n",
+    );
+    // A deny window keeps the run gated while the first approval expires.
+    let now = chrono::Utc::now();
+    std::fs::write(
+        ladder.project.path().join("policies").join("dev.toml"),
+        format!(
+            "environment = \"dev\"\n[approvals]\nrequired = 1\nexpiry = \"2s\"\n\
+             [[windows]]\nkind = \"deny\"\ncron = \"{} {} {} * * *\"\nduration = \"4s\"\n",
+            chrono::Timelike::second(&now),
+            chrono::Timelike::minute(&now),
+            chrono::Timelike::hour(&now)
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&ladder.project, &[]);
+    let id = promote(&daemon, r#"{"to": "dev"}"#);
+    let (status, _) = daemon.post(&format!("/v1/runs/{id}/approve"), Some(ALICE), "{}");
+    assert_eq!(status, 200);
+    // Window over, approval expired: the run waits for an approval again.
+    let run = daemon.wait_run(&id, DEPLOYER, Duration::from_secs(30), |r| {
+        state_of(r) == "gated"
+            && r["state"]["waiting_for"].as_array().is_some_and(|g| {
+                g.len() == 1 && g[0].as_str().unwrap_or("").starts_with("approval:")
+            })
+    });
+    assert_eq!(run["approvals"].as_array().unwrap().len(), 1);
+    let (status, body) = daemon.post(&format!("/v1/runs/{id}/approve"), Some(ALICE), "{}");
+    assert_eq!(status, 200, "{body}");
+    let run = daemon.wait_run(&id, DEPLOYER, Duration::from_secs(30), settled);
+    assert_eq!(
+        state_of(&run),
+        "succeeded",
+        "the renewed approval counts: {run}"
+    );
+    assert_eq!(
+        run["approvals"].as_array().unwrap().len(),
+        2,
+        "both approvals are on record"
+    );
+}
+
+/// Item 15: a run is found by any unique prefix of 6 or more characters, in the CLI and the
+/// API; a shorter or ambiguous one is a clear error.
+#[test]
+fn item15_runs_are_found_by_a_unique_prefix() {
+    let ladder = Ladder::new("item15", &[]);
+    ladder.policy("dev", "environment = \"dev\"\n");
+    let daemon = Daemon::start(&ladder.project, &[]);
+    let id = promote(&daemon, r#"{"to": "dev"}"#);
+    daemon.wait_run(&id, DEPLOYER, Duration::from_secs(60), settled);
+    let (status, run) = daemon.get(&format!("/v1/runs/{}", &id[..6]), Some(DEPLOYER));
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["id"], id.as_str());
+    let out = ladder_cmd(&ladder, &daemon, DEPLOYER, &["run", &id[..8]]);
+    assert_exit_code(&out, 0);
+    assert!(
+        output_text(&out).contains(&format!("run {id} (promotion)")),
+        "{}",
+        output_text(&out)
+    );
+    let (status, body) = daemon.get(&format!("/v1/runs/{}", &id[..5]), Some(DEPLOYER));
+    assert_eq!(status, 404, "{body}");
+    assert!(body.to_string().contains("6 or more"), "{body}");
+}
+
+/// Item 15: `apply --resume` keeps the failed attempt's record: its row (with its error) is
+/// marked rolled back, and the retry has a row of its own.
+#[test]
+fn item15_resume_keeps_the_failed_attempts_record() {
+    let db = pg().create_db("item15resume");
+    let project = Project::with_local_migrations(&[("t", &db.url)], "");
+    project.add_migration(M1, "CREATE TABLE log (step text PRIMARY KEY);\n");
+    let m2 = project.add_migration(
+        M2,
+        "INSERT INTO log VALUES ('one');\nCREATE INDEX CONCURRENTLY log_idx ON log (step);\nINSERT INTO log VALUES ('one');\n",
+    );
+    assert_exit_code(&project.run(&["apply", "--env", "t"]), 1);
+    std::fs::write(
+        &m2,
+        "INSERT INTO log VALUES ('one');\nCREATE INDEX CONCURRENTLY log_idx ON log (step);\nINSERT INTO log VALUES ('two');\n",
+    )
+    .unwrap();
+    project.run_ok(&["apply", "--env", "t", "--resume"]);
+    assert_eq!(
+        history(&db),
+        format!("{M1}:true:false,{M2}:false:true,{M2}:true:false")
+    );
+    let kept = db.psql(&format!(
+        "SELECT logs FROM _prisma_migrations WHERE migration_name = '{M2}' AND rolled_back_at IS NOT NULL"
+    ));
+    assert!(
+        kept.contains("23505") && kept.contains("retried by run"),
+        "the failed attempt's error and who retried it: {kept}"
+    );
+}

@@ -505,7 +505,7 @@ impl Engine {
         if wanted.chars().count() < RUN_PREFIX_MIN {
             return Err(Error::NotFound(format!(
                 "no run `{id}` (a run id may be shortened to its first {RUN_PREFIX_MIN} or more \
-                 characters)"
+                 characters, when they are unique)"
             )));
         }
         let runs = self.store.runs()?;
