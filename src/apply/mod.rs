@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Environment, HistoryMode};
 use crate::error::{ChangedUnderUs, Error, MigrationFailure, Result};
-use crate::migrations::classify::TxMode;
+use crate::migrations::classify::{StatementKind, TxMode};
 use crate::migrations::lexer;
 use crate::migrations::{Layout, Migration, MigrationSet};
 use crate::target::history::RowState;
 use crate::target::history::{row_id_for, NewRow};
 use crate::target::{
-    lock_key, EffectState, ExecError, HistoryRow, HistoryTable, Progress, SqlError, Target,
+    lock_key, Blocker, BlockerKind, EffectState, ExecError, HistoryRow, HistoryTable, Progress,
+    SqlError, Target,
 };
 use crate::testhook;
 
@@ -820,7 +821,18 @@ async fn apply_statementwise(
                 ("", body.to_string(), Some(after))
             }
         };
-        match target.execute(&text).await {
+        let executed = match unit {
+            Unit::Bare(index) => {
+                let report = |blocker: &Blocker| {
+                    let message = blocked_message(ctx, p, *index, blocker);
+                    tracing::info!("{message}");
+                    observer.note(&message);
+                };
+                target.execute_watched(&text, &report).await
+            }
+            _ => target.execute(&text).await,
+        };
+        match executed {
             Ok(()) => {}
             Err(ExecError::Connection(msg)) => return Err(connection_lost(ctx, &m.name, msg)),
             Err(ExecError::Sql(err)) => {
@@ -876,6 +888,52 @@ async fn apply_statementwise(
             .map_err(run)?;
     }
     Ok(())
+}
+
+/// What to tell the user about a session that statement `index` (run outside a transaction)
+/// waits for, and about what sluice did when that session waits for sluice's own lock.
+fn blocked_message(ctx: &Context<'_>, p: &Prepared<'_>, index: usize, blocker: &Blocker) -> String {
+    let what = match p.statements.get(index).map(|s| &s.kind) {
+        Some(StatementKind::NoTransaction(construct)) => (*construct).to_string(),
+        _ => "the statement".to_string(),
+    };
+    let at = format!(
+        "{what} in `{}` (statement {}, line {})",
+        p.migration.name,
+        index + 1,
+        p.statement_line(index)
+    );
+    let limit = if ctx.env.lock_timeout.is_zero() {
+        "without limit, as lock_timeout is 0".to_string()
+    } else {
+        format!(
+            "at most lock_timeout, {}",
+            humantime::format_duration(ctx.env.lock_timeout)
+        )
+    };
+    let pid = blocker.pid;
+    match &blocker.kind {
+        BlockerKind::Session => format!(
+            "{at} waits for {}: it goes on when that session's transaction ends (it waits {limit})",
+            blocker.description
+        ),
+        BlockerKind::LockWaiterCancelled { key } => format!(
+            "{at} waits for {}, which is itself waiting for the migration lock {key} that this apply \
+             holds (another deploy, such as `prisma migrate deploy`). Neither could ever finish and \
+             PostgreSQL cannot see that cycle, so sluice cancelled pid {pid}'s wait for the lock: the \
+             deploy behind it fails without having changed anything (if it had already given up, \
+             only its leftover server session ends); run it again after this apply. The statement \
+             goes on.",
+            blocker.description
+        ),
+        BlockerKind::LockWaiterNotCancelled { key, why } => format!(
+            "{at} waits for {}, which is itself waiting for the migration lock {key} that this apply \
+             holds (another deploy, such as `prisma migrate deploy`): neither can finish. sluice could \
+             not cancel its wait for the lock ({why}); end it with SELECT pg_cancel_backend({pid}), \
+             or the statement waits {limit}",
+            blocker.description
+        ),
+    }
 }
 
 /// What `sluice resolve` records.

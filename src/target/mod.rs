@@ -101,6 +101,42 @@ pub struct LockHolder {
     pub description: String,
 }
 
+/// A session that a running statement waits for, as [`Target::execute_watched`] saw it.
+#[derive(Debug, Clone)]
+pub struct Blocker {
+    /// Its server process id.
+    pub pid: i32,
+    /// Who it is: application, user, client, state and since when.
+    pub description: String,
+    /// Why it blocks and what sluice did about it.
+    pub kind: BlockerKind,
+}
+
+/// Why a session blocks a statement, and what sluice did about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockerKind {
+    /// An ordinary session (an open transaction, a writer on the table): the statement goes on
+    /// when it ends.
+    Session,
+    /// The session waits for the migration lock this target holds, so neither can ever
+    /// finish; its lock wait was cancelled (its deploy stops without having changed anything).
+    LockWaiterCancelled {
+        /// The migration lock it waited for.
+        key: i64,
+    },
+    /// As above, but cancelling its lock wait failed (no permission, say).
+    LockWaiterNotCancelled {
+        /// The migration lock it waits for.
+        key: i64,
+        /// The server's reason.
+        why: String,
+    },
+}
+
+/// What [`Target::execute_watched`] calls for each session the statement waits for; named so
+/// that `async_trait` keeps the argument's lifetime higher-ranked.
+pub type OnBlocked<'a> = dyn Fn(&Blocker) + Send + Sync + 'a;
+
 /// A database sluice can migrate. Implementations keep the migration lock on a connection of
 /// its own, so a failing migration never releases it early.
 #[async_trait]
@@ -117,6 +153,21 @@ pub trait Target: Send {
     /// Runs SQL text as one round trip. On failure any transaction the text opened is rolled
     /// back before returning.
     async fn execute(&mut self, sql: &str) -> Result<(), ExecError>;
+
+    /// Runs one statement outside a transaction that may wait for other sessions (`CREATE
+    /// INDEX CONCURRENTLY` waits for every older snapshot, even one held by a session waiting
+    /// for the migration lock), calling `blocked` once for each session it is seen waiting
+    /// for. A session that waits for the migration lock this target holds can never let the
+    /// statement finish, and the server cannot see that cycle, so its lock wait is cancelled.
+    /// Engines where statements wait for no other session just run it.
+    async fn execute_watched(
+        &mut self,
+        sql: &str,
+        blocked: &OnBlocked<'_>,
+    ) -> Result<(), ExecError> {
+        let _ = blocked;
+        self.execute(sql).await
+    }
 
     /// Reads the history table; `None` when it does not exist yet.
     async fn read_history(&mut self, table: &HistoryTable) -> Result<Option<Vec<HistoryRow>>>;
