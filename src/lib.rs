@@ -8,6 +8,7 @@ pub mod chatops;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod consistency;
 pub mod daemon;
 pub mod drift;
 pub mod error;
