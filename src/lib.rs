@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod consistency;
 pub mod daemon;
+pub mod doctor;
 pub mod drift;
 pub mod error;
 pub mod health;
