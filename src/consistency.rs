@@ -466,6 +466,7 @@ fn project_problems(config: Configuration<'_>, out: &mut Vec<Problem>) {
 fn url_problem(env: &Environment) -> Option<(String, String)> {
     let file = env.file.as_path();
     let err = match env.database_url() {
+        Ok(url) if url.trim().is_empty() => Error::Config("the database URL is empty".into()),
         Ok(url) => {
             return Engine::from_url(&url).err().map(|err| {
                 let key = match &env.url_source {
@@ -484,8 +485,13 @@ fn url_problem(env: &Environment) -> Option<(String, String)> {
     Some(match &env.url_source {
         UrlSource::Env(var) => (
             format!(
-                "{}: environment variable `{var}` is not set",
-                located(file, "url_env")
+                "{}: environment variable `{var}` is {}",
+                located(file, "url_env"),
+                if std::env::var_os(var).is_some() {
+                    "empty"
+                } else {
+                    "not set"
+                }
             ),
             format!("export {var}=postgres://… (the database of `{}`) in the environment sluice runs in", env.name),
         ),
