@@ -115,6 +115,10 @@ pub enum Command {
     /// Compare an environment's live schema with the schema its applied migrations produce
     /// (exit 0 same, 2 drifted, 1 error).
     Drift(drift::DriftArgs),
+    /// Check now what runs will need: every environment reachable, the privileges its snapshot
+    /// provider needs, a place for drift checks, tokens and Slack secrets (exit 0 no problem,
+    /// 1 problems, 2 bad config).
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// `sluice lint`.
@@ -365,6 +369,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Lint(args) => lint_cmd(&project, args).await,
         Command::Diff(args) => drift::diff_cmd(&project, args).await,
         Command::Drift(args) => drift::drift_cmd(&project, args).await,
+        Command::Doctor(args) => crate::doctor::doctor_cmd(&project, args).await,
         Command::Promote(args) => ladder::promote(&project, args).await,
         Command::Environments(args) => ladder::environments(&project, args).await,
         Command::Runs(args) => ladder::runs(&project, args).await,

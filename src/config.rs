@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 
 pub mod chatops;
 pub mod drift;
+pub(crate) mod keys;
 
 pub use chatops::ChatOpsConfig;
 pub use drift::{DriftConfig, EnvDriftConfig, ShadowConfig};
@@ -358,7 +359,31 @@ pub(crate) fn parse_duration(text: &str) -> std::result::Result<Duration, String
 }
 
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    read_text(path)
+}
+
+/// Reads a configuration file as text. Bytes that are not UTF-8 are a config error naming the
+/// file and the line, like every other mistake in a config file.
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let at = e.utf8_error().valid_up_to();
+        let line_start = bytes[..at]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&bytes[line_start..at])
+            .chars()
+            .count()
+            + 1;
+        Error::Config(format!(
+            "{}:{}: not valid UTF-8 (byte 0x{:02X} at column {column}); save the file as UTF-8",
+            path.display(),
+            bytes[..at].iter().filter(|b| **b == b'\n').count() + 1,
+            bytes.get(at).copied().unwrap_or_default()
+        ))
+    })
 }
 
 impl Project {

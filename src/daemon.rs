@@ -57,6 +57,16 @@ pub async fn serve(root: &Path, options: ServeOptions) -> Result<()> {
         .tokens_file
         .clone()
         .or_else(|| project.daemon.tokens_file.clone());
+    let loaded = engine.loaded();
+    crate::consistency::check(
+        crate::consistency::Configuration {
+            project: &loaded.project,
+            environments: &loaded.environments,
+            policies: &loaded.policies,
+            migrations: Some(&loaded.set),
+        },
+        crate::consistency::Scope::Process,
+    )?;
     let tokens = match &tokens_path {
         Some(path) => Tokens::load(path, &engine.loaded().environment_names())?,
         None => {
@@ -67,6 +77,7 @@ pub async fn serve(root: &Path, options: ServeOptions) -> Result<()> {
             Tokens::default()
         }
     };
+    let chatops = crate::chatops::ChatOps::start(engine.clone(), &project, None)?;
     let listen = options
         .listen
         .unwrap_or_else(|| project.daemon.listen.clone());
@@ -84,7 +95,6 @@ pub async fn serve(root: &Path, options: ServeOptions) -> Result<()> {
     tracing::info!(address = %bound, release = %engine.loaded().release.short(), "sluice serving");
     eprintln!("sluice serving on http://{bound}");
 
-    let chatops = crate::chatops::ChatOps::start(engine.clone(), &project, None)?;
     let recovered = engine.recover().await?;
     if !recovered.is_empty() {
         tracing::warn!(runs = recovered.len(), "resumed unfinished runs");

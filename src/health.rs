@@ -944,6 +944,11 @@ pub struct Measurement {
     pub value: Option<String>,
     /// A sentence for people, free of secrets.
     pub message: String,
+    /// The why of a failed or inconclusive measurement in a few words ("table `Document` is
+    /// missing", "expected 0, got 3", "HTTP 503 from GET https://…"), which the verdict's
+    /// summary quotes; absent when the message says it best (errors, other probes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// How long the measurement took.
     pub elapsed_ms: u64,
 }
@@ -990,6 +995,7 @@ struct Observation {
     outcome: MeasurementOutcome,
     value: Option<String>,
     message: String,
+    reason: Option<String>,
 }
 
 impl Observation {
@@ -998,7 +1004,14 @@ impl Observation {
             outcome,
             value,
             message: message.into(),
+            reason: None,
         }
+    }
+
+    /// Adds the short why a verdict's summary quotes.
+    fn because(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
     }
 
     fn error(message: impl Into<String>) -> Self {
@@ -1010,6 +1023,7 @@ impl Observation {
         for secret in secrets.iter().filter(|s| !s.is_empty()) {
             self.message = self.message.replace(secret.as_str(), "***");
             self.value = self.value.map(|v| v.replace(secret.as_str(), "***"));
+            self.reason = self.reason.map(|r| r.replace(secret.as_str(), "***"));
         }
         self
     }
@@ -1024,6 +1038,7 @@ async fn timed(observe: impl Future<Output = Observation>) -> Measurement {
         outcome: o.outcome,
         value: o.value,
         message: o.message,
+        reason: o.reason,
         elapsed_ms: elapsed_ms(started),
     }
 }
@@ -1165,7 +1180,8 @@ impl HttpProbe {
                 MeasurementOutcome::Failure,
                 Some(seen),
                 format!("{target} answered {status}, expected {expected}"),
-            );
+            )
+            .because(format!("HTTP {status} from {target}, expected {expected}"));
         }
         match &self.check.body {
             BodyExpectation::Any => Observation::new(
@@ -1189,6 +1205,9 @@ impl HttpProbe {
                             if cut { " (in its first MiB)" } else { "" }
                         ),
                     )
+                    .because(format!(
+                        "HTTP {status} from {target} without {needle:?} in the body"
+                    ))
                 }
             }
             BodyExpectation::JsonPointer { pointer, expected } => {
@@ -1214,7 +1233,8 @@ impl HttpProbe {
                         format!(
                             "{target} answered {status} but the JSON has no value at `{pointer}`"
                         ),
-                    ),
+                    )
+                    .because(format!("no value at `{pointer}` in the answer of {target}")),
                     Some(found) => {
                         let shown = snippet(&found.to_string(), 200);
                         let value = Some(format!("status {status}, {pointer} = {shown}"));
@@ -1232,6 +1252,9 @@ impl HttpProbe {
                                     "{target} answered {status} with {pointer} = {shown}, expected {expected}"
                                 ),
                             )
+                            .because(format!(
+                                "{pointer}: expected {expected}, got {shown} from {target}"
+                            ))
                         }
                     }
                 }
@@ -1486,7 +1509,8 @@ impl SqlProbe {
                 MeasurementOutcome::Inconclusive,
                 None,
                 format!("the query returned no row; expected {expected}"),
-            ),
+            )
+            .because(format!("no row, expected {expected}")),
             Ok(Some(value)) => {
                 let shown = value
                     .as_deref()
@@ -1505,6 +1529,7 @@ impl SqlProbe {
                         Some(shown.clone()),
                         format!("the query returned {shown}, expected {expected}"),
                     )
+                    .because(format!("expected {expected}, got {shown}"))
                 }
             }
         }
@@ -1947,11 +1972,17 @@ impl SchemaProbe {
             )
         } else {
             let list = missing.join(", ");
+            let reason = match missing.as_slice() {
+                [one] => format!("{one} is missing"),
+                [init @ .., last] => format!("{} and {last} are missing", init.join(", ")),
+                [] => String::new(),
+            };
             Observation::new(
                 MeasurementOutcome::Failure,
                 Some(format!("missing: {list}")),
                 format!("missing from schemas {}: {list}", catalog.schemas),
             )
+            .because(reason)
         }
     }
 }
@@ -2021,6 +2052,7 @@ pub async fn run_check(
                 outcome: MeasurementOutcome::Error,
                 value: None,
                 message: message.clone(),
+                reason: None,
                 elapsed_ms: 0,
             };
             sink.record(&check.name, &m);
@@ -2059,7 +2091,8 @@ impl Tally {
         self.consecutive_errors = 0;
     }
 
-    /// The verdict that ends the check before `count` measurements, if any.
+    /// The verdict that ends the check before `count` measurements, if any, with the limit
+    /// that ended it.
     fn early(&self, s: &Schedule) -> Option<(HealthOutcome, String)> {
         if self.failures > s.failure_limit {
             return Some((
@@ -2082,7 +2115,7 @@ impl Tally {
         None
     }
 
-    /// The verdict after all measurements.
+    /// The verdict after all measurements, with the counts behind it.
     fn finish(&self, s: &Schedule) -> (HealthOutcome, String) {
         if let Some(verdict) = self.early(s) {
             return verdict;
@@ -2110,6 +2143,61 @@ impl Tally {
                 format!("no measurement got an answer: {tail}"),
             )
         }
+    }
+}
+
+/// The measurement outcome behind a verdict: the one whose reasons explain it.
+fn deciding_outcome(verdict: HealthOutcome) -> Option<MeasurementOutcome> {
+    match verdict {
+        HealthOutcome::Successful => None,
+        HealthOutcome::Failed => Some(MeasurementOutcome::Failure),
+        HealthOutcome::Error => Some(MeasurementOutcome::Error),
+        HealthOutcome::Inconclusive => Some(MeasurementOutcome::Inconclusive),
+    }
+}
+
+/// How many distinct reasons a summary quotes before it says how many more there were.
+const REASONS_QUOTED: usize = 3;
+
+/// Why a check came out as it did, in the words of its measurements: each distinct reason of
+/// the deciding measurements with how many said so, e.g. "table `Document` is missing (3 of 3
+/// measurements)". Empty for a successful verdict.
+fn why(verdict: HealthOutcome, measurements: &[Measurement]) -> String {
+    let Some(deciding) = deciding_outcome(verdict) else {
+        return String::new();
+    };
+    let mut reasons: Vec<(&str, usize)> = Vec::new();
+    for m in measurements.iter().filter(|m| m.outcome == deciding) {
+        let reason = m.reason.as_deref().unwrap_or(m.message.as_str());
+        match reasons.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => reasons.push((reason, 1)),
+        }
+    }
+    let taken = measurements.len();
+    let plural = if taken == 1 { "" } else { "s" };
+    let mut parts: Vec<String> = reasons
+        .iter()
+        .take(REASONS_QUOTED)
+        .map(|(reason, n)| format!("{reason} ({n} of {taken} measurement{plural})"))
+        .collect();
+    if reasons.len() > REASONS_QUOTED {
+        parts.push(format!(
+            "{} other reason(s) in the measurements",
+            reasons.len() - REASONS_QUOTED
+        ));
+    }
+    parts.join("; ")
+}
+
+/// The one-sentence summary of a verdict: why (from the measurements) first, then the rule
+/// that decided it.
+fn summarise(verdict: HealthOutcome, rule: String, measurements: &[Measurement]) -> String {
+    let why = why(verdict, measurements);
+    if why.is_empty() {
+        rule
+    } else {
+        format!("{why}; {rule}")
     }
 }
 
@@ -2145,6 +2233,7 @@ pub async fn run_with_probe(
                 outcome: MeasurementOutcome::Error,
                 value: None,
                 message: format!("timed out after {}", human(s.timeout)),
+                reason: None,
                 elapsed_ms: elapsed_ms(started),
             },
         };
@@ -2164,7 +2253,8 @@ pub async fn run_with_probe(
             break;
         }
     }
-    let (outcome, summary) = verdict.unwrap_or_else(|| tally.finish(s));
+    let (outcome, rule) = verdict.unwrap_or_else(|| tally.finish(s));
+    let summary = summarise(outcome, rule, &measurements);
     tracing::info!(check = %check.name, outcome = %outcome, "{summary}");
     CheckResult {
         name: check.name.clone(),
@@ -2792,6 +2882,7 @@ body_contains = "ready"
                 outcome,
                 value: None,
                 message: format!("scripted {i}"),
+                reason: None,
                 elapsed_ms: 0,
             }
         }
@@ -2837,6 +2928,58 @@ body_contains = "ready"
             "the sink saw every measurement"
         );
         (r.outcome, r.measurements.len(), seen)
+    }
+
+    fn measured(outcome: MeasurementOutcome, message: &str, reason: Option<&str>) -> Measurement {
+        Measurement {
+            at: Utc::now(),
+            outcome,
+            value: None,
+            message: message.into(),
+            reason: reason.map(String::from),
+            elapsed_ms: 0,
+        }
+    }
+
+    #[test]
+    fn item14_the_why_quotes_the_deciding_measurements_reasons() {
+        use MeasurementOutcome::{Error as E, Failure as F, Success as S};
+        let taken = [
+            measured(S, "fine", None),
+            measured(
+                F,
+                "the query returned 3, expected 0",
+                Some("expected 0, got 3"),
+            ),
+            measured(E, "cannot connect to the database: refused", None),
+            measured(
+                F,
+                "the query returned 3, expected 0",
+                Some("expected 0, got 3"),
+            ),
+        ];
+        assert_eq!(
+            why(HealthOutcome::Failed, &taken),
+            "expected 0, got 3 (2 of 4 measurements)"
+        );
+        assert_eq!(
+            why(HealthOutcome::Error, &taken),
+            "cannot connect to the database: refused (1 of 4 measurements)",
+            "without a reason the message is the why"
+        );
+        assert_eq!(why(HealthOutcome::Successful, &taken), "");
+        let many: Vec<Measurement> = (0..5)
+            .map(|i| measured(F, "m", Some(&format!("reason {i}"))))
+            .collect();
+        assert_eq!(
+            why(HealthOutcome::Failed, &many),
+            "reason 0 (1 of 5 measurements); reason 1 (1 of 5 measurements); \
+             reason 2 (1 of 5 measurements); 2 other reason(s) in the measurements"
+        );
+        assert_eq!(
+            summarise(HealthOutcome::Failed, "the rule".into(), &many[..1]),
+            "reason 0 (1 of 1 measurement); the rule"
+        );
     }
 
     #[tokio::test]

@@ -1361,7 +1361,7 @@ impl Policies {
         paths.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
         let mut parsed = Vec::with_capacity(paths.len());
         for path in paths {
-            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let text = crate::config::read_text(&path)?;
             parsed.push(parse_policy(&path, &text, environments)?);
         }
         Policies::assemble(parsed)

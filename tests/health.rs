@@ -948,3 +948,69 @@ async fn database_passwords_never_show() {
         assert!(!everything.contains("hunter2pw"), "{everything}");
     }
 }
+
+/// Item 14: a failed check's summary says why in the words of its measurements — the status
+/// and the URL, the expected and the observed value, the missing objects — before the limit
+/// that decided it.
+#[tokio::test]
+async fn item14_failed_checks_summarise_why_from_their_measurements() {
+    let (base, _) = server(2, "").await;
+    let r = run(&http(&base, "/status/503", ""), "").await;
+    assert_eq!(r.outcome, HealthOutcome::Failed, "{r:#?}");
+    assert_eq!(
+        r.summary,
+        format!(
+            "HTTP 503 from GET {base}/status/503, expected 200 (1 of 1 measurement); \
+             1 failed measurement(s) exceed failure_limit 0"
+        )
+    );
+    // Different reasons are each quoted with how many measurements gave them.
+    let (base, _) = server(1, "").await;
+    let check = http(
+        &base,
+        "/flaky",
+        "json_pointer = \"/db/ok\"\nexpect_json = false\ncount = 2\nfailure_limit = 1",
+    );
+    let r = run(&check, "").await;
+    assert_eq!(r.outcome, HealthOutcome::Failed, "{r:#?}");
+    assert_eq!(
+        r.summary,
+        format!(
+            "HTTP 503 from GET {base}/flaky, expected 200 (1 of 2 measurements); \
+             /db/ok: expected false, got true from GET {base}/flaky (1 of 2 measurements); \
+             2 failed measurement(s) exceed failure_limit 1"
+        )
+    );
+
+    let (_dir, _path, url) = sqlite_db().await;
+    let r = run(
+        &schema("tables = [\"User\", \"Comment\"]\ncolumns = [\"User.email\", \"User.name\"]\ncount = 2\ninterval = \"1ms\"\nfailure_limit = 1"),
+        &url,
+    )
+    .await;
+    assert_eq!(r.outcome, HealthOutcome::Failed, "{r:#?}");
+    assert!(
+        r.summary.starts_with(
+            "table `Comment` and column `User.name` are missing (2 of 2 measurements)"
+        ),
+        "{r:#?}"
+    );
+    let r = run(&schema("tables = [\"Document\"]"), &url).await;
+    assert!(
+        r.summary
+            .starts_with("table `Document` is missing (1 of 1 measurement)"),
+        "{r:#?}"
+    );
+
+    let r = run(
+        &one(&sql("users", "SELECT count(*) FROM \"User\"", "0", "")),
+        &url,
+    )
+    .await;
+    assert_eq!(r.outcome, HealthOutcome::Failed, "{r:#?}");
+    assert!(
+        r.summary
+            .starts_with("expected 0, got 2 (1 of 1 measurement)"),
+        "{r:#?}"
+    );
+}

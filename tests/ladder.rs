@@ -912,3 +912,116 @@ fn a_drift_scan_records_every_look_and_announces_only_changes() {
             .collect::<Vec<_>>()
     );
 }
+
+/// Item 14: a failing health check says why — the missing table and the wrong value — in the
+/// run's reason, the `health.checked` event, `sluice run ID` and the notification, not only
+/// which limit the failures exceeded.
+#[test]
+fn item14_a_failing_health_check_says_why_in_the_run_its_event_sluice_run_and_the_notification() {
+    let failing = "[[health]]\nname = \"documents\"\nkind = \"schema\"\n\
+                   tables = [\"users\", \"Document\"]\ninterval = \"20ms\"\ncount = 3\nfailure_limit = 2\n\
+                   [[health]]\nname = \"orders\"\nkind = \"sql\"\n\
+                   query = \"SELECT count(*) FROM orders\"\nexpect = 3\n";
+    let sink = SlackServer::start();
+    let ladder = Ladder::new("hcwhy", &[("dev", failing)]);
+    ladder.policy(
+        "dev",
+        "environment = \"dev\"\n[rollback]\non_failure = [\"snapshot\"]\n",
+    );
+    append(
+        &ladder.project.path().join("sluice.toml"),
+        &format!(
+            "\n[[notify]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"{}/hook/ops\"\n",
+            sink.base
+        ),
+    );
+    let daemon = Daemon::start(&ladder.project, &[]);
+    let (status, created) = daemon.post("/v1/promotions", Some(DEPLOYER), r#"{"to": "dev"}"#);
+    assert_eq!(status, 202, "{created}");
+    let run = only_run(&daemon, "dev", |r| {
+        state_of(r) == "rolled_back" || state_of(r) == "halted"
+    });
+    assert_eq!(state_of(&run), "rolled_back", "{run}");
+    let schema_why = "`documents` failed: table `Document` is missing (3 of 3 measurements)";
+    let sql_why = "`orders` failed: expected 3, got 0 (1 of 1 measurement)";
+    let reason = run["state"]["reason"].as_str().unwrap_or_default();
+    for why in [schema_why, sql_why] {
+        assert!(
+            reason.contains(why),
+            "`{why}` missing from the reason: {reason}"
+        );
+    }
+
+    let id = run["id"].as_str().unwrap_or_default();
+    let (_, view) = daemon.get(&format!("/v1/runs/{id}"), Some(DEPLOYER));
+    let checked: Vec<&Value> = view["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| e["action"] == "health.checked")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(checked.len(), 1, "{view}");
+    let summary = checked[0]["detail"]["summary"].as_str().unwrap_or_default();
+    for why in [schema_why, sql_why] {
+        assert!(
+            summary.contains(why),
+            "`{why}` missing from the event: {summary}"
+        );
+    }
+
+    let out = ladder.project.run(&[
+        "run",
+        id,
+        "--server",
+        &daemon.base,
+        "--token-file",
+        &write_token_file(&ladder.project, DEPLOYER)
+            .display()
+            .to_string(),
+    ]);
+    assert_success(&out);
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let state_line = printed
+        .lines()
+        .find(|l| l.starts_with("state: "))
+        .unwrap_or_default();
+    assert!(state_line.contains(schema_why), "{printed}");
+    let event_line = printed
+        .lines()
+        .find(|l| l.contains("health.checked"))
+        .unwrap_or_default();
+    assert!(
+        event_line.contains(schema_why) && event_line.contains(sql_why),
+        "{printed}"
+    );
+
+    let calls = sink.wait_for(
+        "the rollback notification",
+        Duration::from_secs(20),
+        |calls| {
+            calls
+                .iter()
+                .any(|c| c.kind == "hook/ops" && c.body["event"] == "run.rolled_back")
+        },
+    );
+    let notice = calls
+        .iter()
+        .find(|c| c.body["event"] == "run.rolled_back")
+        .map(|c| c.body.clone())
+        .unwrap_or_default();
+    let state = notice["state"].as_str().unwrap_or_default();
+    assert!(
+        state.contains(schema_why) && state.contains(sql_why),
+        "{notice}"
+    );
+}
+
+/// A file holding `token`, for `--token-file`.
+fn write_token_file(project: &Project, token: &str) -> std::path::PathBuf {
+    let path = project.path().join("token.txt");
+    std::fs::write(&path, token).unwrap();
+    path
+}

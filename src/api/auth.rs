@@ -139,7 +139,7 @@ impl Tokens {
     /// or hash, an unknown role (the four are listed) or an unknown environment (the known ones
     /// are listed; `"*"` is always allowed).
     pub fn load(path: &Path, environments: &[String]) -> Result<Tokens> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::config::read_text(path)?;
         Tokens::parse(path, &text, environments)
     }
 

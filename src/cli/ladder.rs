@@ -877,6 +877,8 @@ pub async fn run(project: &Project, args: RunArgs) -> Result<u8> {
                 e.action,
                 e.reason
                     .as_deref()
+                    .or_else(|| e.detail["summary"].as_str())
+                    .filter(|x| !x.is_empty())
                     .map(|x| format!(" ({x})"))
                     .unwrap_or_default()
             );

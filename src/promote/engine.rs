@@ -70,6 +70,15 @@ impl Loaded {
             }
         }
         let set = discover(&project.migrations_dir)?;
+        crate::consistency::check(
+            crate::consistency::Configuration {
+                project: &project,
+                environments: &environments,
+                policies: &policies,
+                migrations: Some(&set),
+            },
+            crate::consistency::Scope::Configuration,
+        )?;
         let release = Release::of(&set, source);
         Ok(Loaded {
             project,
@@ -111,7 +120,7 @@ impl Loaded {
 }
 
 fn read_file(root: &Path, path: &Path) -> Result<LoadedFile> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::config::read_text(path)?;
     Ok(LoadedFile {
         path: path
             .strip_prefix(root)
