@@ -166,7 +166,7 @@ pub struct SnapshotArgs {
     /// Why: recorded with the snapshot.
     #[arg(long)]
     pub reason: Option<String>,
-    /// Who asked (default: $SLUICE_ACTOR, else $USER).
+    /// Who asked (default: $SLUICE_ACTOR, else $USER, else the OS user name).
     #[arg(long)]
     pub by: Option<String>,
     /// Run id to take the snapshot for; the same run id always names the same snapshot, so a
@@ -189,7 +189,7 @@ pub struct RestoreArgs {
     /// Why: recorded with the restore.
     #[arg(long)]
     pub reason: String,
-    /// Who decided (default: $SLUICE_ACTOR, else $USER).
+    /// Who decided (default: $SLUICE_ACTOR, else $USER, else the OS user name).
     #[arg(long)]
     pub by: Option<String>,
     /// Run id of an interrupted restore to finish (its preserved copy's name derives from it).
@@ -227,7 +227,7 @@ pub struct PruneArgs {
     /// Say what would be deleted; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Who asked (default: $SLUICE_ACTOR, else $USER).
+    /// Who asked (default: $SLUICE_ACTOR, else $USER, else the OS user name).
     #[arg(long)]
     pub by: Option<String>,
 }
@@ -284,7 +284,7 @@ pub struct ResolveArgs {
     /// Why: recorded with the decision.
     #[arg(long)]
     pub reason: String,
-    /// Who decided (default: $SLUICE_ACTOR, else $USER).
+    /// Who decided (default: $SLUICE_ACTOR, else $USER, else the OS user name).
     #[arg(long)]
     pub by: Option<String>,
 }
@@ -708,12 +708,20 @@ async fn resolve(project: &Project, args: ResolveArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// Who is acting: `--by`, else `$SLUICE_ACTOR`, else `$USER`.
+/// Who is acting: `--by`, else `$SLUICE_ACTOR`, else `$USER`, else the operating system's
+/// name for the user running sluice (CI jobs and containers often have no `$USER`).
 pub(crate) fn actor(by: Option<String>) -> String {
-    by.or_else(|| std::env::var("SLUICE_ACTOR").ok())
-        .or_else(|| std::env::var("USER").ok())
-        .filter(|a| !a.trim().is_empty())
-        .unwrap_or_else(|| "unknown".into())
+    [
+        by,
+        std::env::var("SLUICE_ACTOR").ok(),
+        std::env::var("USER").ok(),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|a| !a.trim().is_empty())
+    .or_else(|| whoami::fallible::username().ok())
+    .filter(|a| !a.trim().is_empty())
+    .unwrap_or_else(|| "unknown".into())
 }
 
 /// Refuses, before any database is touched, when another process holds the state store for

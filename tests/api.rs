@@ -912,6 +912,15 @@ fn malformed_bodies_are_refused_with_a_clear_400_and_change_nothing() {
     assert_eq!(status, 202, "{created}");
     let id = run_id(&created);
     wait_state(&daemon, &id, "gated");
+    // The run is stored before its transition's event is appended: wait for the event too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !events(&daemon, ADMIN)
+        .iter()
+        .any(|(action, _, _)| action == "run.gated")
+    {
+        assert!(std::time::Instant::now() < deadline, "no run.gated event");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let before = events(&daemon, ADMIN).len();
     let bad_decisions: [(&str, &str, &[&str]); 9] = [
         (

@@ -729,3 +729,96 @@ fn item15_resume_keeps_the_failed_attempts_record() {
         "the failed attempt's error and who retried it: {kept}"
     );
 }
+
+/// Item 16: what users read. A quote that never closes and a NUL byte are reported against
+/// the migration's own file and line before anything is sent; a first statement failing says
+/// none is committed; driver notices and colour codes stay out of a non-terminal's stderr; the
+/// actor is the OS user when `$USER` is unset.
+#[test]
+fn item16_messages_name_the_migration_and_say_only_what_is_true() {
+    let db = pg().create_db("item16");
+    let project = Project::with_local_migrations(&[("t", &db.url)], "");
+    project.add_migration(M1, "CREATE TABLE t (v text);\n");
+    let m2 = project.add_migration(
+        M2,
+        "INSERT INTO t VALUES ('a');\nINSERT INTO t VALUES ('abc);\n",
+    );
+    let out = project.run(&["apply", "--env", "t"]);
+    assert_exit_code(&out, 1);
+    let text = output_text(&out);
+    assert!(
+        text.contains(&format!("{M2}/migration.sql:2:23")) && text.contains("never closed"),
+        "the quote's own line in the migration's file:\n{text}"
+    );
+    assert!(
+        !text.contains("INSERT INTO \"_prisma_migrations\""),
+        "{text}"
+    );
+    let rows = history(&db);
+    assert!(
+        rows.is_empty() || rows.starts_with("no history table"),
+        "the whole plan is checked before anything is sent: {rows}"
+    );
+    project.run_ok(&["apply", "--env", "t", "--to", M1]);
+
+    std::fs::write(&m2, b"INSERT INTO t VALUES ('a');\nSELECT 1;\0\n").unwrap();
+    let out = project.run(&["apply", "--env", "t"]);
+    assert_exit_code(&out, 1);
+    let text = output_text(&out);
+    assert!(
+        text.contains("NUL byte") && text.contains(&format!("{M2}/migration.sql:2:10")),
+        "{text}"
+    );
+    assert!(!text.contains("08P01"), "{text}");
+
+    // A statement-by-statement migration whose first statement fails.
+    std::fs::write(
+        &m2,
+        "INSERT INTO nope VALUES (1);\nCREATE INDEX CONCURRENTLY t_v ON t (v);\n",
+    )
+    .unwrap();
+    let out = project.run(&["apply", "--env", "t"]);
+    assert_exit_code(&out, 1);
+    let text = output_text(&out);
+    assert!(
+        text.contains("None of its 2 statements is committed"),
+        "{text}"
+    );
+    assert!(!text.contains("Statements 1-0"), "{text}");
+    assert!(
+        !text.contains("there is no transaction in progress"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes on a non-terminal: {text:?}"
+    );
+
+    let mut cmd = project.cmd(&[
+        "resolve",
+        "--env",
+        "t",
+        "--rolled-back",
+        M2,
+        "--reason",
+        "no $USER here",
+    ]);
+    cmd.env_remove("USER").env_remove("SLUICE_ACTOR");
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    assert_success(&out);
+    let note = db.psql(&format!(
+        "SELECT logs FROM _prisma_migrations WHERE migration_name = '{M2}'"
+    ));
+    let me = String::from_utf8(
+        std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        note.contains(&format!("resolved as rolled back by {}", me.trim())),
+        "the OS user, not `unknown`: {note}"
+    );
+}

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, MigrationFailure, Result};
 use crate::migrations::classify::{self, Classification, Effect, StatementKind, TxMode};
 use crate::migrations::lexer;
 use crate::migrations::Migration;
@@ -63,10 +63,57 @@ pub struct Prepared<'m> {
     pub units: Vec<Unit>,
 }
 
+/// Refuses, before anything is sent, a file no server would take: a string, quoted name,
+/// dollar quote or comment that never closes (the server would report it against whatever
+/// sluice sends after the file, its own history row) or a NUL byte (which the wire protocol
+/// cannot carry). The error names the migration, the file, and where the trouble starts.
+fn check_text(migration: &Migration) -> Result<()> {
+    let sql = migration.up.sql();
+    let fail = |offset: usize, message: String| {
+        let (line, column) = lexer::line_col(sql, offset);
+        Err(Error::Migration(Box::new(MigrationFailure {
+            migration: migration.name.clone(),
+            file: migration.up.path.display().to_string(),
+            line: Some(line),
+            column: Some(column),
+            statement: None,
+            sqlstate: None,
+            message,
+            detail: None,
+            hint: None,
+            outcome: "Nothing was sent to the server.".into(),
+            next: format!("fix {}, then apply again", migration.up.path.display()),
+        })))
+    };
+    if let Some(offset) = sql.find('\0') {
+        return fail(
+            offset,
+            "the file contains a NUL byte (\\0), which PostgreSQL cannot accept in SQL text; \
+             is it a binary or UTF-16 file?"
+                .into(),
+        );
+    }
+    if let Some(open) = lexer::tokenize(sql).into_iter().find(|t| !t.terminated) {
+        let what = match open.kind {
+            lexer::TokenKind::StringLiteral => "a quoted string (')",
+            lexer::TokenKind::QuotedIdent => "a quoted identifier (\")",
+            lexer::TokenKind::DollarString => "a dollar-quoted string ($$)",
+            lexer::TokenKind::BlockComment => "a block comment (/*)",
+            _ => "a quoted construct",
+        };
+        return fail(
+            open.start,
+            format!("{what} opened here is never closed; the rest of the file would be read as part of it"),
+        );
+    }
+    Ok(())
+}
+
 impl<'m> Prepared<'m> {
     /// Lexes and classifies a migration and groups its statements into units.
     pub fn new(migration: &'m Migration) -> Result<Prepared<'m>> {
         let sql = migration.up.sql();
+        check_text(migration)?;
         let pieces = lexer::split(sql);
         let classification = classify::classify(sql, &pieces);
         let statements: Vec<Stmt> = pieces

@@ -35,7 +35,7 @@ pub struct Connection {
     /// A file holding the API token (default: $SLUICE_TOKEN).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// Who acts with --local (default: $SLUICE_ACTOR, else $USER); a daemon takes the token's name.
+    /// Who acts with --local (default: $SLUICE_ACTOR, else $USER, else the OS user name); a daemon takes the token's name.
     #[arg(long)]
     pub by: Option<String>,
 }

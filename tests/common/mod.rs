@@ -1074,6 +1074,16 @@ impl Paused {
     }
 }
 
+impl Drop for Paused {
+    /// A test that failed while the command stood paused must not leave it behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// The names of `db` and its copies (snapshots, preserved copies) that refuse connections: a
 /// killed template copy must leave none. Other tests' databases, which may be in the middle of
 /// a copy, are not looked at.
