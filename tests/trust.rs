@@ -822,3 +822,36 @@ fn item16_messages_name_the_migration_and_say_only_what_is_true() {
         "the OS user, not `unknown`: {note}"
     );
 }
+
+/// Item 3: a run the policy halts after it applied something (`on_failure = "halt"`) offers
+/// `sluice rollback`, and that hint rolls back the halted run itself.
+#[test]
+fn item03_the_rollback_hint_of_a_halted_run_rolls_it_back() {
+    let ladder = Ladder::new(
+        "item03c",
+        &[(
+            "dev",
+            "[[health]]\nname = \"never\"\nkind = \"sql\"\nquery = \"SELECT 1\"\nexpect = 2\n",
+        )],
+    );
+    ladder.policy(
+        "dev",
+        "environment = \"dev\"\n[rollback]\non_failure = \"halt\"\n",
+    );
+    let dev = ladder.db("dev");
+    let before = dev.full_dump();
+    let daemon = Daemon::start(&ladder.project, &[]);
+    let id = promote(&daemon, r#"{"to": "dev"}"#);
+    let run = daemon.wait_run(&id, DEPLOYER, Duration::from_secs(60), settled);
+    assert_eq!(state_of(&run), "halted", "{run}");
+    let reason = reason_of(&run);
+    let rollback: Vec<String> = hints(&reason)
+        .into_iter()
+        .filter(|h| h.starts_with("sluice rollback"))
+        .collect();
+    assert_eq!(rollback.len(), 1, "{reason}");
+    run_hints_ok(&ladder.project, &daemon, &rollback);
+    let run = daemon.wait_run(&id, DEPLOYER, Duration::from_secs(60), settled);
+    assert_eq!(state_of(&run), "rolled_back", "{run}");
+    assert_eq!(dev.full_dump(), before, "dev is back where it was");
+}

@@ -860,6 +860,10 @@ impl Engine {
         let _decisions = self.decisions.lock().await;
         let runs = self.store.runs()?;
         if let Some(holder) = holder_of(&runs, env) {
+            if matches!(holder.state, RunState::Halted { .. }) && holder.kind == RunKind::Promotion
+            {
+                return self.roll_back_halted(&loaded, holder.clone(), actor, reason);
+            }
             return Err(Error::Conflict(format!(
                 "run {} is {} on `{env}`; cancel or finish it first",
                 holder.id,
@@ -914,6 +918,46 @@ impl Engine {
         let method =
             machine::choose_method(&loaded, &loaded.policies.for_env(env), &run, &run.applied)
                 .map_err(Error::Conflict)?;
+        self.transition(
+            &mut run,
+            RunState::RollingBack {
+                method,
+                reason: format!("requested by {actor}: {reason}"),
+            },
+            actor,
+        )?;
+        self.spawn_driver(&run);
+        Ok(run)
+    }
+
+    /// Rolls back a halted promotion itself (what it applied), by the policy's full ladder: the
+    /// way out a halt offers when the policy says `on_failure = "halt"` or a person prefers it
+    /// to resuming. Called with the decisions lock held.
+    fn roll_back_halted(
+        self: &Arc<Self>,
+        loaded: &Loaded,
+        mut run: Run,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Run> {
+        if run.applied.is_empty() {
+            return Err(Error::Conflict(format!(
+                "run {} is halted on `{}` and applied nothing, so there is nothing to roll back; \
+                 cancel it: `sluice cancel {} --reason \"…\"`",
+                run.id, run.environment, run.id
+            )));
+        }
+        let policy = loaded.policies.for_env(&run.environment);
+        let method =
+            machine::choose_method(loaded, &policy, &run, &run.applied).map_err(Error::Conflict)?;
+        self.event(
+            actor,
+            "rollback.requested",
+            &run.environment,
+            Some(&run.id),
+            Some(reason),
+            json!({"rolls_back": run.id, "halted": true}),
+        )?;
         self.transition(
             &mut run,
             RunState::RollingBack {

@@ -454,7 +454,7 @@ async fn decide_after_failure(
                 format!(
                     "{facts}; then reading the history of `{}` failed ({err}), so sluice cannot tell \
                      what was applied and undid nothing. Check the database, then `sluice resume {}` \
-                     or `sluice rollback --env {}`",
+                     or `sluice rollback --env {} --reason \"…\"`",
                     env.name, run.id, env.name
                 ),
             )
@@ -575,9 +575,10 @@ async fn start_rollback(
             engine,
             run,
             format!(
-                "{reason}. The policy says `on_failure = \"halt\"`: `{}` is left as it is; roll back \
-                 (`sluice rollback --env {}`) or fix and resume",
-                run.environment, run.environment
+                "{reason}. The policy says `on_failure = \"halt\"`: `{}` is left as it is. Next: roll \
+                 this run back with `sluice rollback --env {} --reason \"…\"`, or fix the cause and \
+                 `sluice resume {}`",
+                run.environment, run.environment, run.id
             ),
         );
     };
