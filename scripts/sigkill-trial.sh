@@ -113,7 +113,7 @@ stop_daemon() {
     wait "$DAEMON_PID" 2>/dev/null || true
     DAEMON_PID=
 }
-trap 'stop_daemon KILL; pgc_on_exit' EXIT
+PGC_EXTRA_CLEANUP='stop_daemon KILL'
 
 # Waits until prod is on the newest release with no run left to move, or a run needs a person.
 # Prints "done", "stuck: …" or "timeout".

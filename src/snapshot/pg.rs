@@ -334,11 +334,15 @@ impl PgSnapshots {
             .map_err(|e| Error::database(context.to_string(), e))
     }
 
+    /// Sessions on `database` that would stop a copy or a rename. Autovacuum workers are not
+    /// among them: `CREATE DATABASE` and `ALTER DATABASE … RENAME` end those themselves, and a
+    /// busy database almost always has one at work.
     async fn sessions(conn: &mut PgConnection, database: &str) -> Result<Vec<Session>> {
         let rows = sqlx::query(
             "SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''), \
                     coalesce(host(client_addr), 'local'), backend_start, coalesce(state, '') \
-             FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() ORDER BY pid",
+             FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() \
+               AND backend_type <> 'autovacuum worker' ORDER BY pid",
         )
         .bind(database)
         .fetch_all(conn)
