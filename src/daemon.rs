@@ -31,7 +31,7 @@ pub fn store_dir(project: &Project) -> PathBuf {
 /// while a daemon runs) gets a clear error.
 pub fn open_store(project: &Project) -> Result<SledStore> {
     SledStore::open(&store_dir(project)).map_err(|err| match err {
-        Error::Io { path, message } if message.contains("in use by another sluice process") => {
+        Error::StoreBusy { path } => {
             Error::Conflict(format!(
                 "{path}: the state store is held by another sluice process (a running `sluice serve`?); \
                  stop it, or talk to it instead of using --local"
