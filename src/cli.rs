@@ -23,6 +23,7 @@ macro_rules! say {
 use comfy_table::{presets, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 
+pub mod backup;
 pub mod drift;
 pub mod ladder;
 
@@ -115,6 +116,9 @@ pub enum Command {
     /// Compare an environment's live schema with the schema its applied migrations produce
     /// (exit 0 same, 2 drifted, 1 error).
     Drift(drift::DriftArgs),
+    /// Back up the state store as JSON lines, or restore a backup.
+    #[command(subcommand)]
+    Store(backup::StoreCommand),
 }
 
 /// `sluice lint`.
@@ -371,6 +375,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Rollback(args) => ladder::rollback(&project, args).await,
         Command::Reload(args) => ladder::reload(&project, args).await,
         Command::Token(command) => ladder::token(&project, command),
+        Command::Store(command) => backup::store_cmd(&project, command).await,
     }
 }
 

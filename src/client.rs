@@ -48,6 +48,17 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<T> {
+        let text = self.send_text(method, path, body).await?;
+        serde_json::from_str(&text).map_err(|e| {
+            Error::Usage(format!(
+                "the daemon's answer is not what this sluice expects: {e}"
+            ))
+        })
+    }
+
+    /// Sends a request and returns the body of a success as text; a refusal becomes the error
+    /// the engine would have given locally.
+    async fn send_text(&self, method: Method, path: &str, body: Option<Value>) -> Result<String> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -71,11 +82,7 @@ impl Client {
             ))
         })?;
         if status.is_success() {
-            return serde_json::from_str(&text).map_err(|e| {
-                Error::Usage(format!(
-                    "the daemon's answer is not what this sluice expects: {e}"
-                ))
-            });
+            return Ok(text);
         }
         let message = serde_json::from_str::<ErrorBody>(&text)
             .map(|b| b.error.message)
@@ -154,6 +161,11 @@ impl Client {
     /// `POST /v1/reload`.
     pub async fn reload(&self) -> Result<Value> {
         self.send(Method::POST, "/v1/reload", None).await
+    }
+
+    /// `GET /v1/store/backup`: the backup's JSON lines.
+    pub async fn store_backup(&self) -> Result<String> {
+        self.send_text(Method::GET, "/v1/store/backup", None).await
     }
 }
 

@@ -111,7 +111,9 @@ pub async fn serve(root: &Path, options: ServeOptions) -> Result<()> {
         .run(),
     );
     let state = Arc::new(ApiState::new(engine.clone(), tokens, tokens_path));
-    let app = router(state).merge(crate::api::slack::routes(chatops.clone()));
+    let app = router(state.clone())
+        .merge(crate::api::snapshots::routes(state))
+        .merge(crate::api::slack::routes(chatops.clone()));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;

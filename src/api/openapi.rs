@@ -39,6 +39,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "post", path: "/v1/runs/{id}/resume", summary: "Continue a halted run from the step it stopped at.", role: "deployer", body: None, ok: ("200", "Run") },
     Endpoint { method: "post", path: "/v1/promotions", summary: "Request a promotion of a release to an environment (with ladder: also upstream).", role: "deployer", body: Some("Promotion"), ok: ("202", "RunList") },
     Endpoint { method: "get", path: "/v1/events", summary: "The audit log, oldest first (query: environment, limit).", role: "viewer", body: None, ok: ("200", "EventList") },
+    Endpoint { method: "get", path: "/v1/store/backup", summary: "Every record of the store as JSON lines, a header with format, counts and checksum first (the format of `sluice store backup`).", role: "admin on every environment", body: None, ok: ("200", "JsonLines") },
     Endpoint { method: "post", path: "/v1/reload", summary: "Re-read environments, policies, tokens and migrations; a bad file changes nothing.", role: "admin on every environment", body: None, ok: ("200", "Object") },
     Endpoint { method: "post", path: "/slack/commands", summary: "Slack slash command (form-encoded, as Slack sends it); answered within 3 s.", role: "a valid X-Slack-Signature; then the Slack user's roles from [slack.users]", body: None, ok: ("200", "Object") },
     Endpoint { method: "post", path: "/slack/interactions", summary: "Slack button clicks (form-encoded `payload` of type block_actions).", role: "a valid X-Slack-Signature; then the Slack user's roles from [slack.users]", body: None, ok: ("200", "Object") },
@@ -53,7 +54,7 @@ fn schemas() -> Value {
     let string = json!({"type": "string"});
     let nullable_string = json!({"type": "string", "nullable": true});
     let time = json!({"type": "string", "format": "date-time"});
-    json!({
+    let mut schemas = json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"],
             "properties": {"code": string, "message": string}}}},
@@ -115,6 +116,18 @@ fn schemas() -> Value {
         "ReasonRequired": {"type": "object", "required": ["reason"], "additionalProperties": false,
             "properties": {"reason": string}},
         "Comment": {"type": "object", "additionalProperties": false, "properties": {"comment": nullable_string}},
+    });
+    if let (Some(all), Value::Object(more)) = (schemas.as_object_mut(), maintenance_schemas()) {
+        all.extend(more);
+    }
+    schemas
+}
+
+/// The schemas of the store endpoints (one `json!` for all would exceed the macro's recursion
+/// limit).
+fn maintenance_schemas() -> Value {
+    json!({
+        "JsonLines": {"type": "string", "description": "one JSON object per line"},
     })
 }
 
@@ -127,7 +140,7 @@ pub fn document() -> Value {
             "description": format!("Role needed: {}.", endpoint.role),
             "responses": {
                 endpoint.ok.0: {"description": "success", "content": {
-                    if endpoint.ok.1 == "Text" { "text/plain" } else { "application/json" }:
+                    match endpoint.ok.1 { "Text" => "text/plain", "JsonLines" => "application/x-ndjson", _ => "application/json" }:
                     {"schema": reference(endpoint.ok.1)}}},
                 "default": {"description": "a refusal or failure, saying why",
                     "content": {"application/json": {"schema": reference("Error")}}}

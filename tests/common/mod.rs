@@ -988,3 +988,12 @@ pub fn example_copy() -> tempfile::TempDir {
     }
     dir
 }
+
+/// The shipped example (SQLite environments) as a [`Project`], for tests that drive it through
+/// [`Project::cmd`] or a daemon.
+pub fn example_project() -> Project {
+    Project {
+        dir: example_copy(),
+        env_vars: Vec::new(),
+    }
+}
