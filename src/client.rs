@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::error::{describe_http_error, Error, Result};
 use crate::promote::views::{EnvironmentView, RunView};
+use crate::promote::SnapshotListing;
 
 /// A client of one daemon.
 pub struct Client {
@@ -161,6 +162,33 @@ impl Client {
     /// `POST /v1/reload`.
     pub async fn reload(&self) -> Result<Value> {
         self.send(Method::POST, "/v1/reload", None).await
+    }
+
+    /// `GET /v1/environments/{env}/snapshots`.
+    pub async fn snapshots(&self, env: &str) -> Result<SnapshotListing> {
+        self.send(
+            Method::GET,
+            &format!("/v1/environments/{}/snapshots", segment(env)),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/environments/{env}/snapshots/prune`: the names deleted (or, with `dry_run`,
+    /// that would be).
+    pub async fn prune(&self, env: &str, dry_run: bool) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Pruned {
+            deleted: Vec<String>,
+        }
+        let pruned: Pruned = self
+            .send(
+                Method::POST,
+                &format!("/v1/environments/{}/snapshots/prune", segment(env)),
+                Some(json!({"dry_run": dry_run})),
+            )
+            .await?;
+        Ok(pruned.deleted)
     }
 
     /// `GET /v1/store/backup`: the backup's JSON lines.

@@ -85,6 +85,7 @@ pub async fn serve(root: &Path, options: ServeOptions) -> Result<()> {
     eprintln!("sluice serving on http://{bound}");
 
     let chatops = crate::chatops::ChatOps::start(engine.clone(), &project, None)?;
+    let pruner = crate::promote::pruner::start(engine.clone());
     let recovered = engine.recover().await?;
     if !recovered.is_empty() {
         tracing::warn!(runs = recovered.len(), "resumed unfinished runs");
@@ -120,6 +121,7 @@ pub async fn serve(root: &Path, options: ServeOptions) -> Result<()> {
     tracing::info!("shutting down: runs finish or park their current step");
     engine.shutdown().await;
     let _ = ticker.await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), pruner).await;
     let _ = scheduler.await;
     let _ = drift_scanner.await;
     chatops

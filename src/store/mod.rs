@@ -70,6 +70,11 @@ pub struct SnapshotRecord {
     pub actor: String,
     /// Why.
     pub reason: Option<String>,
+    /// For a preserved copy (the state a restore replaced): the snapshot that was restored.
+    /// `created_at`, `actor`, `reason` and `run_id` then say when, by whom, why and in which
+    /// run the copy was preserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preserved_from: Option<String>,
 }
 
 /// The last run that brought an environment to its release successfully.
