@@ -311,8 +311,9 @@ pub fn restore(dir: &Path, backup: &Backup, force: bool) -> Result<Restored> {
                     .sum();
                 (kept > 0).then(|| {
                     format!(
-                        "the store at {} holds {}",
+                        "the store at {} holds {} records ({})",
                         dir.display(),
+                        account.records(),
                         account.describe_counts()
                     )
                 })
@@ -323,8 +324,12 @@ pub fn restore(dir: &Path, backup: &Backup, force: bool) -> Result<Restored> {
                      `sluice serve`?); stop it before restoring"
                 )))
             }
+            Err(Error::StoreDamaged { found, .. }) => Some(format!(
+                "the store at {} is damaged ({found})",
+                dir.display()
+            )),
             Err(err) => Some(format!(
-                "the store at {} cannot be used ({err})",
+                "the store at {} cannot be opened ({err})",
                 dir.display()
             )),
         };
