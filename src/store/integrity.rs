@@ -145,7 +145,8 @@ impl Integrity {
             .collect();
         if differing.is_empty() {
             format!(
-                "the records' checksum is {} where {} was written (a record changed on disk)",
+                "the records' checksum is {} where {} was written: the content of a record \
+                 changed",
                 found.checksum.hex(),
                 self.checksum.hex()
             )
