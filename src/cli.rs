@@ -23,6 +23,7 @@ macro_rules! say {
 use comfy_table::{presets, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 
+pub mod backup;
 pub mod drift;
 pub mod ladder;
 
@@ -119,6 +120,9 @@ pub enum Command {
     /// provider needs, a place for drift checks, tokens and Slack secrets (exit 0 no problem,
     /// 1 problems, 2 bad config).
     Doctor(crate::doctor::DoctorArgs),
+    /// Back up the state store as JSON lines, or restore a backup.
+    #[command(subcommand)]
+    Store(backup::StoreCommand),
 }
 
 /// `sluice lint`.
@@ -206,6 +210,10 @@ pub struct SnapshotsArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Where the store is: a running daemon (found when it holds the store) or, with
+    /// --local, this process.
+    #[command(flatten)]
+    pub connection: ladder::Connection,
     /// What to do; without one, list.
     #[command(subcommand)]
     pub action: Option<SnapshotsAction>,
@@ -227,9 +235,9 @@ pub struct PruneArgs {
     /// Say what would be deleted; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Who asked (default: $SLUICE_ACTOR, else $USER, else the OS user name).
-    #[arg(long)]
-    pub by: Option<String>,
+    /// Where the store is, and who asks (`--by`, for --local).
+    #[command(flatten)]
+    pub connection: ladder::Connection,
 }
 
 /// `sluice status`.
@@ -331,9 +339,11 @@ fn exit_code_of(err: &Error) -> u8 {
 
 fn init_logging(format: LogFormat, default_level: &str) {
     // The driver's own warnings (server notices such as "there is no transaction in
-    // progress", slow-statement reports) are noise beside sluice's messages unless asked for.
+    // progress", slow-statement reports) are noise beside sluice's messages, and sled logs
+    // what it finds wrong with its files itself while the store error says it once, with what
+    // to do: both stay quiet unless SLUICE_LOG asks for them.
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default_level},sqlx=error"))
+        tracing_subscriber::EnvFilter::new(format!("{default_level},sqlx=error,sled=off"))
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -381,6 +391,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Rollback(args) => ladder::rollback(&project, args).await,
         Command::Reload(args) => ladder::reload(&project, args).await,
         Command::Token(command) => ladder::token(&project, command),
+        Command::Store(command) => backup::store_cmd(&project, command).await,
     }
 }
 
@@ -731,7 +742,7 @@ fn ensure_store_free(store: &OnDemandStore, env: &str, instead: &str) -> Result<
     store
         .ensure_free(Duration::from_secs(2))
         .map_err(|err| match err {
-            Error::StoreInUse(path) => Error::Conflict(format!(
+            Error::StoreBusy { path } => Error::Conflict(format!(
                 "{path}: the state store is held by another sluice process, most likely `sluice \
                  serve`, which drives `{env}`; nothing was changed. {instead}; or stop the daemon \
                  and run this command again"
@@ -849,67 +860,132 @@ async fn restore_cmd(project: &Project, args: RestoreArgs) -> Result<u8> {
 }
 
 async fn snapshots_cmd(project: &Project, args: SnapshotsArgs) -> Result<u8> {
-    let (env_name, prune) = match args.action {
-        Some(SnapshotsAction::Prune(p)) => (p.env.clone().or(args.env.clone()), Some(p)),
-        None => (args.env.clone(), None),
+    let (env_name, dry_run, connection) = match args.action {
+        Some(SnapshotsAction::Prune(p)) => (
+            p.env.clone().or(args.env.clone()),
+            Some(p.dry_run),
+            args.connection.and(p.connection),
+        ),
+        None => (args.env.clone(), None, args.connection),
     };
     let Some(env_name) = env_name else {
         return Err(Error::Usage("give --env ENV".into()));
     };
     let env = project.environment(&env_name)?;
+    if let Some(client) = connection.daemon_for_store(project)? {
+        return match dry_run {
+            Some(dry_run) => {
+                print_pruned(
+                    &env.name,
+                    dry_run,
+                    &client.prune(&env.name, dry_run).await?,
+                    args.json,
+                );
+                Ok(0)
+            }
+            None => {
+                print_listing(&client.snapshots(&env.name).await?, args.json);
+                Ok(0)
+            }
+        };
+    }
     let provider = snapshot::provider_for(&env).await?;
     let store = store_of(project);
-    if let Some(p) = prune {
+    if let Some(dry_run) = dry_run {
         let request = Request {
-            actor: actor(p.by),
+            actor: actor(connection.by),
             reason: Some("retention".into()),
         };
-        let deleted = promote::prune(&env, provider.as_ref(), &store, &request, p.dry_run).await?;
-        let verb = if p.dry_run { "would delete" } else { "deleted" };
-        if args.json {
-            say!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::json!({"environment": env.name, "dry_run": p.dry_run, "deleted": deleted}))
-                    .unwrap_or_default()
-            );
-        } else if deleted.is_empty() {
-            say!("retention allows deleting nothing in `{}`", env.name);
-        } else {
-            for name in &deleted {
-                say!("{verb} {name}");
-            }
-        }
+        let deleted = promote::prune(
+            &env,
+            provider.as_ref(),
+            &store,
+            &request,
+            dry_run,
+            promote::Pruner::Person,
+        )
+        .await?;
+        print_pruned(&env.name, dry_run, &deleted, args.json);
         return Ok(0);
     }
-    let listed = promote::list_snapshots(&env, provider.as_ref(), &store).await?;
-    if args.json {
+    let listed =
+        promote::list_snapshots(&env, provider.as_ref(), &store, promote::Pruner::Person).await?;
+    print_listing(
+        &promote::SnapshotListing {
+            environment: env.name.clone(),
+            provider: provider.kind().to_string(),
+            snapshots: listed,
+        },
+        args.json,
+    );
+    Ok(0)
+}
+
+fn print_pruned(env: &str, dry_run: bool, deleted: &[String], json: bool) {
+    if json {
         say!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"environment": env.name, "provider": provider.kind(), "snapshots": listed}))
-                .unwrap_or_default()
+            serde_json::to_string_pretty(
+                &serde_json::json!({"environment": env, "dry_run": dry_run, "deleted": deleted})
+            )
+            .unwrap_or_default()
         );
-        return Ok(0);
+    } else if deleted.is_empty() {
+        say!("retention allows deleting nothing in `{env}`");
+    } else {
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        for name in deleted {
+            say!("{verb} {name}");
+        }
     }
+}
+
+fn print_listing(listing: &promote::SnapshotListing, json: bool) {
+    if json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(listing).unwrap_or_default()
+        );
+        return;
+    }
+    let listed = &listing.snapshots;
     say!(
         "environment `{}` ({}): {} copies",
-        env.name,
-        provider.kind(),
+        listing.environment,
+        listing.provider,
         listed.len()
     );
+    let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
     let mut table = Table::new();
     table.load_preset(presets::NOTHING);
-    table.set_header(vec!["kind", "name", "created", "size", "by", "retention"]);
-    for l in &listed {
+    table.set_header(vec![
+        "kind",
+        "name",
+        "created",
+        "size",
+        "by",
+        "preserved",
+        "retention",
+    ]);
+    for l in listed {
+        let preserved = match (&l.preserved_at, &l.preserved_by) {
+            (Some(at), Some(by)) => format!(
+                "{} by {by}{}",
+                time(*at),
+                l.preserved_run
+                    .as_deref()
+                    .map(|r| format!(" (run {})", r.get(..8).unwrap_or(r)))
+                    .unwrap_or_default()
+            ),
+            _ => String::new(),
+        };
         table.add_row(vec![
             match l.snapshot.kind {
                 snapshot::SnapshotKind::Snapshot => "snapshot".to_string(),
                 snapshot::SnapshotKind::Preserved => "preserved".to_string(),
             },
             l.snapshot.name.clone(),
-            l.snapshot
-                .created_at
-                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-                .unwrap_or_default(),
+            l.snapshot.created_at.map(time).unwrap_or_default(),
             l.snapshot
                 .size_bytes
                 .map(|b| format!("{:.1} MB", b as f64 / 1_048_576.0))
@@ -921,13 +997,13 @@ async fn snapshots_cmd(project: &Project, args: SnapshotsArgs) -> Result<u8> {
                     None => r.actor.clone(),
                 })
                 .unwrap_or_default(),
-            format!("{:?}", l.verdict),
+            preserved,
+            l.verdict.describe().to_string(),
         ]);
     }
     if !listed.is_empty() {
         say!("{table}");
     }
-    Ok(0)
 }
 
 async fn check_cmd(project: &Project, args: CheckArgs) -> Result<u8> {

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::error::{describe_http_error, Error, Result};
 use crate::promote::views::{EnvironmentView, RunView};
+use crate::promote::SnapshotListing;
 
 /// A client of one daemon.
 pub struct Client {
@@ -48,6 +49,17 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<T> {
+        let text = self.send_text(method, path, body).await?;
+        serde_json::from_str(&text).map_err(|e| {
+            Error::Usage(format!(
+                "the daemon's answer is not what this sluice expects: {e}"
+            ))
+        })
+    }
+
+    /// Sends a request and returns the body of a success as text; a refusal becomes the error
+    /// the engine would have given locally.
+    async fn send_text(&self, method: Method, path: &str, body: Option<Value>) -> Result<String> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -71,11 +83,7 @@ impl Client {
             ))
         })?;
         if status.is_success() {
-            return serde_json::from_str(&text).map_err(|e| {
-                Error::Usage(format!(
-                    "the daemon's answer is not what this sluice expects: {e}"
-                ))
-            });
+            return Ok(text);
         }
         let message = serde_json::from_str::<ErrorBody>(&text)
             .map(|b| b.error.message)
@@ -160,6 +168,38 @@ impl Client {
     /// `POST /v1/reload`.
     pub async fn reload(&self) -> Result<Value> {
         self.send(Method::POST, "/v1/reload", None).await
+    }
+
+    /// `GET /v1/environments/{env}/snapshots`.
+    pub async fn snapshots(&self, env: &str) -> Result<SnapshotListing> {
+        self.send(
+            Method::GET,
+            &format!("/v1/environments/{}/snapshots", segment(env)),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/environments/{env}/snapshots/prune`: the names deleted (or, with `dry_run`,
+    /// that would be).
+    pub async fn prune(&self, env: &str, dry_run: bool) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Pruned {
+            deleted: Vec<String>,
+        }
+        let pruned: Pruned = self
+            .send(
+                Method::POST,
+                &format!("/v1/environments/{}/snapshots/prune", segment(env)),
+                Some(json!({"dry_run": dry_run})),
+            )
+            .await?;
+        Ok(pruned.deleted)
+    }
+
+    /// `GET /v1/store/backup`: the backup's JSON lines.
+    pub async fn store_backup(&self) -> Result<String> {
+        self.send_text(Method::GET, "/v1/store/backup", None).await
     }
 }
 

@@ -192,13 +192,24 @@ pub struct SnapshotConfig {
 }
 
 /// Retention rules: a snapshot is kept if either rule keeps it, and the snapshot of the last
-/// successful run is always kept.
+/// successful run is always kept. No rule at all (an empty `[snapshot.retention]`) keeps
+/// everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Retention {
-    /// Keep the newest N snapshots.
+    /// Keep the newest N snapshots (and, counted separately, the newest N preserved copies).
     pub keep_last: Option<usize>,
     /// Keep snapshots younger than this.
     pub max_age: Option<Duration>,
+}
+
+impl Retention {
+    /// What applies when a `[snapshot]` section has no `[snapshot.retention]`: the newest five
+    /// snapshots and the newest five preserved copies, whatever their age, so copies stop
+    /// piling up without anyone having to configure it (README: Snapshots and restores).
+    pub const WHEN_UNSET: Retention = Retention {
+        keep_last: Some(5),
+        max_age: None,
+    };
 }
 
 /// Settings of the Neon provider.
@@ -745,7 +756,7 @@ fn parse_snapshot(ctx: &FileContext<'_>, raw: RawSnapshot, root: &Path) -> Resul
                 max_age: ctx.duration("snapshot.retention.max_age", &r.max_age)?,
             }
         }
-        None => Retention::default(),
+        None => Retention::WHEN_UNSET,
     };
     Ok(SnapshotConfig {
         provider,
@@ -879,6 +890,18 @@ mod snapshot_tests {
             snapshot.retention.max_age,
             Some(Duration::from_secs(7 * 86400))
         );
+    }
+
+    #[test]
+    fn item05_retention_defaults_to_five_of_each_kind_and_an_empty_table_keeps_everything() {
+        let unset = parse("url_env = \"U\"\n[snapshot]\nprovider = \"pg-template\"\n").unwrap();
+        assert_eq!(unset.snapshot.unwrap().retention, Retention::WHEN_UNSET);
+        assert_eq!(Retention::WHEN_UNSET.keep_last, Some(5));
+        let empty = parse(
+            "url_env = \"U\"\n[snapshot]\nprovider = \"pg-template\"\n[snapshot.retention]\n",
+        )
+        .unwrap();
+        assert_eq!(empty.snapshot.unwrap().retention, Retention::default());
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub fn store_dir(project: &Project) -> PathBuf {
 /// while a daemon runs) gets a clear error.
 pub fn open_store(project: &Project) -> Result<SledStore> {
     SledStore::open(&store_dir(project)).map_err(|err| match err {
-        Error::StoreInUse(path) => {
+        Error::StoreBusy { path } => {
             Error::Conflict(format!(
                 "{path}: the state store is held by another sluice process (a running `sluice serve`?); \
                  stop it, or talk to it instead of using --local"
@@ -95,6 +95,7 @@ pub async fn serve(root: &Path, options: ServeOptions) -> Result<()> {
     tracing::info!(address = %bound, release = %engine.loaded().release.short(), "sluice serving");
     eprintln!("sluice serving on http://{bound}");
 
+    let pruner = crate::promote::pruner::start(engine.clone());
     let recovered = engine.recover().await?;
     if !recovered.is_empty() {
         tracing::warn!(runs = recovered.len(), "resumed unfinished runs");
@@ -121,13 +122,16 @@ pub async fn serve(root: &Path, options: ServeOptions) -> Result<()> {
         .run(),
     );
     let state = Arc::new(ApiState::new(engine.clone(), tokens, tokens_path));
-    let app = router(state).merge(crate::api::slack::routes(chatops.clone()));
+    let app = router(state.clone())
+        .merge(crate::api::snapshots::routes(state))
+        .merge(crate::api::slack::routes(chatops.clone()));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
     tracing::info!("shutting down: runs finish or park their current step");
     engine.shutdown().await;
     let _ = ticker.await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), pruner).await;
     let _ = scheduler.await;
     let _ = drift_scanner.await;
     chatops

@@ -52,10 +52,30 @@ pub enum Error {
     /// A rule forbids the request for this caller (self-approval, not an allowed approver).
     #[error("{0}")]
     Refused(String),
-    /// The state store is held by another sluice process (sled allows one at a time): a
-    /// running daemon, or another command for a moment.
-    #[error("{0}: the state store is in use by another sluice process (sled allows one process at a time)")]
-    StoreInUse(String),
+    /// The state store is open in another sluice process (sled allows one at a time): the
+    /// caller may wait, or talk to that process instead.
+    #[error(
+        "{path}: the state store is in use by another sluice process (sled allows one process \
+         at a time); stop it or run this command through it"
+    )]
+    StoreBusy {
+        /// The store directory.
+        path: String,
+    },
+    /// The state store's files are damaged: sluice refuses to work on them rather than lose
+    /// or invent history.
+    #[error(
+        "the store at {path} is damaged: {found}. sluice has written nothing to it. Restore it \
+         from a backup with `sluice store restore FILE --force` (the damaged directory is moved \
+         aside, not deleted), or move the directory away to start with an empty store (losing \
+         the history of runs, approvals and events)"
+    )]
+    StoreDamaged {
+        /// The store directory.
+        path: String,
+        /// What was found, in words.
+        found: String,
+    },
     /// A local file could not be read or written.
     #[error("{path}: {message}")]
     Io {

@@ -7,6 +7,7 @@
 pub mod engine;
 pub mod gates;
 pub mod machine;
+pub mod pruner;
 pub mod views;
 
 use chrono::Utc;
@@ -252,6 +253,7 @@ pub async fn create_snapshot(
             created_at: Utc::now(),
             actor: request.actor.clone(),
             reason: request.reason.clone(),
+            preserved_from: None,
         },
     )?;
     store.append_event(&event(
@@ -282,12 +284,26 @@ pub async fn restore_snapshot(
     let hazards = StoreHazards::new(store, &env.name);
     let result = provider.restore(name, run_id, progress, &hazards).await;
     match &result {
-        Ok(restored) => store.append_event(&event(
-            env,
-            request,
-            "restore.succeeded",
-            json!({"run_id": run_id, "snapshot": name, "preserved_as": restored.preserved_as}),
-        ))?,
+        Ok(restored) => {
+            store.record_snapshot(
+                &env.name,
+                &SnapshotRecord {
+                    name: restored.preserved_as.clone(),
+                    run_id: run_id.to_string(),
+                    provider: provider.kind().to_string(),
+                    created_at: Utc::now(),
+                    actor: request.actor.clone(),
+                    reason: request.reason.clone(),
+                    preserved_from: Some(name.to_string()),
+                },
+            )?;
+            store.append_event(&event(
+                env,
+                request,
+                "restore.succeeded",
+                json!({"run_id": run_id, "snapshot": name, "preserved_as": restored.preserved_as}),
+            ))?
+        }
         Err(err) => store.append_event(&event(
             env,
             request,
@@ -298,57 +314,209 @@ pub async fn restore_snapshot(
     result
 }
 
-/// One copy in a listing, with who made it and what retention says.
-#[derive(Debug, Clone, serde::Serialize)]
+/// One copy in a listing, with who made it, when and by whom a preserved copy was kept, and
+/// what retention says.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Listed {
     /// The provider's view.
     #[serde(flatten)]
     pub snapshot: Snapshot,
     /// sluice's record of it, if sluice made it.
     pub record: Option<SnapshotRecord>,
+    /// For a preserved copy: when the restore that kept it ran.
+    pub preserved_at: Option<chrono::DateTime<Utc>>,
+    /// For a preserved copy: who asked for that restore (`sluice` for its own rollbacks, whose
+    /// reason names the person who requested one).
+    pub preserved_by: Option<String>,
+    /// For a preserved copy: the run that restored.
+    pub preserved_run: Option<String>,
+    /// For a preserved copy: why.
+    pub preserved_reason: Option<String>,
     /// Retention's verdict.
     pub verdict: retention::Verdict,
 }
 
-/// Lists snapshots and preserved copies with their retention verdicts.
+/// An environment's copies as `sluice snapshots --json` and the API show them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotListing {
+    /// The environment.
+    pub environment: String,
+    /// Its snapshot provider.
+    pub provider: String,
+    /// Its snapshots and preserved copies, oldest first.
+    pub snapshots: Vec<Listed>,
+}
+
+/// Who is pruning: the rules are the same, but the daemon's automatic pruning also leaves the
+/// newest preserved copy of each environment for a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pruner {
+    /// `sluice snapshots prune` or `POST /v1/environments/{env}/snapshots/prune`.
+    Person,
+    /// The daemon, after a run ended.
+    Daemon,
+}
+
+/// The copies no rule may delete, each with why: the last success's snapshot; every
+/// snapshot and preserved copy of a run that has not ended (a halted run's included: a person
+/// may still roll back with it), found by the run token in their names or the run's own
+/// `snapshot`; and, for the daemon, the newest preserved copy. Read after the provider listed
+/// the copies: a run's intent is stored before its snapshot is made, so every copy listed
+/// belongs to a run this reading sees.
+fn protected(
+    env: &Environment,
+    copies: &[Snapshot],
+    store: &dyn Store,
+    pruner: Pruner,
+) -> Result<std::collections::HashMap<String, retention::Verdict>> {
+    let mut protected = std::collections::HashMap::new();
+    for run in store
+        .runs()?
+        .into_iter()
+        .filter(|r| r.environment == env.name)
+    {
+        if run.state.is_final() {
+            continue;
+        }
+        let token = snapshot::run_token(&run.id);
+        for copy in copies {
+            if copy.run.as_deref() == Some(token.as_str())
+                || run.snapshot.as_ref() == Some(&copy.name)
+            {
+                protected.insert(copy.name.clone(), retention::Verdict::KeepUnfinishedRun);
+            }
+        }
+    }
+    if let Some(name) = store.last_success(&env.name)?.and_then(|s| s.snapshot) {
+        protected.insert(name, retention::Verdict::KeepLastSuccess);
+    }
+    if pruner == Pruner::Daemon {
+        let newest = copies
+            .iter()
+            .filter(|c| c.kind == snapshot::SnapshotKind::Preserved)
+            .max_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
+        if let Some(newest) = newest {
+            protected
+                .entry(newest.name.clone())
+                .or_insert(retention::Verdict::KeepNewestPreserved);
+        }
+    }
+    Ok(protected)
+}
+
+/// The retention rules of an environment (its `[snapshot.retention]`, or the default when it
+/// sets none).
+pub fn retention_of(env: &Environment) -> crate::config::Retention {
+    env.snapshot
+        .as_ref()
+        .map(|s| s.retention.clone())
+        .unwrap_or_default()
+}
+
+/// Lists snapshots and preserved copies with their retention verdicts for `pruner`, and for
+/// preserved copies when, by whom and why they were kept (from the store's record, or for
+/// copies preserved before sluice recorded them, from the `restore.succeeded` event).
+///
+/// Retention ranks and ages each copy by when sluice made it: a snapshot by its record, a
+/// preserved copy by when it was preserved. A provider's own time says when the copy's data
+/// was created (a preserved PostgreSQL database is as old as the database it was), and often
+/// only to the second.
 pub async fn list_snapshots(
     env: &Environment,
     provider: &dyn SnapshotProvider,
     store: &dyn Store,
+    pruner: Pruner,
 ) -> Result<Vec<Listed>> {
     let copies = provider.list().await?;
     let records = store.snapshots(&env.name)?;
-    let protected: Vec<String> = store
-        .last_success(&env.name)?
-        .and_then(|s| s.snapshot)
+    let unrecorded_preserved = copies.iter().any(|c| {
+        c.kind == snapshot::SnapshotKind::Preserved && !records.iter().any(|r| r.name == c.name)
+    });
+    let restores: Vec<Event> = if unrecorded_preserved {
+        store
+            .events(Some(&env.name))?
+            .into_iter()
+            .filter(|e| e.action == "restore.succeeded")
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let listed: Vec<Listed> = copies
         .into_iter()
+        .map(|snapshot| {
+            let record = records.iter().find(|r| r.name == snapshot.name).cloned();
+            let mut listed = Listed {
+                record,
+                snapshot,
+                preserved_at: None,
+                preserved_by: None,
+                preserved_run: None,
+                preserved_reason: None,
+                verdict: retention::Verdict::KeepNoRule,
+            };
+            if listed.snapshot.kind == snapshot::SnapshotKind::Preserved {
+                match &listed.record {
+                    Some(r) => {
+                        listed.preserved_at = Some(r.created_at);
+                        listed.preserved_by = Some(r.actor.clone());
+                        listed.preserved_run = Some(r.run_id.clone());
+                        listed.preserved_reason = r.reason.clone();
+                    }
+                    None => {
+                        if let Some(e) = restores.iter().rev().find(|e| {
+                            e.detail.get("preserved_as").and_then(|v| v.as_str())
+                                == Some(listed.snapshot.name.as_str())
+                        }) {
+                            listed.preserved_at = Some(e.at);
+                            listed.preserved_by = Some(e.actor.clone());
+                            listed.preserved_run = e.run_id.clone();
+                            listed.preserved_reason = e.reason.clone();
+                        }
+                    }
+                }
+            }
+            listed
+        })
         .collect();
-    let retention = env
-        .snapshot
-        .as_ref()
-        .map(|s| s.retention.clone())
-        .unwrap_or_default();
-    let verdicts = retention::verdicts(&copies, &retention, &protected, Utc::now());
-    Ok(copies
+    let ranked: Vec<Snapshot> = listed
+        .iter()
+        .map(|l| {
+            let made = match l.snapshot.kind {
+                snapshot::SnapshotKind::Preserved => l.preserved_at,
+                snapshot::SnapshotKind::Snapshot => l.record.as_ref().map(|r| r.created_at),
+            };
+            Snapshot {
+                created_at: made.or(l.snapshot.created_at),
+                ..l.snapshot.clone()
+            }
+        })
+        .collect();
+    let protected = protected(env, &ranked, store, pruner)?;
+    let verdicts = retention::verdicts(&ranked, &retention_of(env), &protected, Utc::now());
+    Ok(listed
         .into_iter()
         .zip(verdicts)
-        .map(|(snapshot, verdict)| Listed {
-            record: records.iter().find(|r| r.name == snapshot.name).cloned(),
-            snapshot,
-            verdict,
-        })
+        .map(|(listed, verdict)| Listed { verdict, ..listed })
         .collect())
 }
 
-/// Deletes what retention allows (or, with `dry_run`, says what it would delete).
+/// One prune at a time in this process: the daemon's after a run and a person's through the
+/// API may otherwise race to delete the same copy.
+static PRUNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Deletes what retention allows (or, with `dry_run`, says what it would delete). A person's
+/// prune is recorded as `snapshot.pruned` even when it deletes nothing; the daemon's only when
+/// it deleted something.
 pub async fn prune(
     env: &Environment,
     provider: &dyn SnapshotProvider,
     store: &dyn Store,
     request: &Request,
     dry_run: bool,
+    pruner: Pruner,
 ) -> Result<Vec<String>> {
-    let listed = list_snapshots(env, provider, store).await?;
+    let _one_at_a_time = PRUNING.lock().await;
+    let listed = list_snapshots(env, provider, store, pruner).await?;
     // Snapshots go before preserved copies: on Neon a restore hangs the old snapshots under
     // the preserved branch, which cannot be deleted while it has children.
     let mut doomed: Vec<&Listed> = listed
@@ -372,7 +540,7 @@ pub async fn prune(
                     env,
                     request,
                     "snapshot.pruned",
-                    json!({"deleted": deleted}),
+                    json!({"deleted": deleted, "failed": name, "error": err.to_string()}),
                 ))?;
                 return Err(Error::Snapshot(format!(
                     "pruning stopped at `{name}`: {err}; deleted before it: {}",
@@ -385,11 +553,13 @@ pub async fn prune(
             }
         }
     }
-    store.append_event(&event(
-        env,
-        request,
-        "snapshot.pruned",
-        json!({"deleted": deleted}),
-    ))?;
+    if pruner == Pruner::Person || !deleted.is_empty() {
+        store.append_event(&event(
+            env,
+            request,
+            "snapshot.pruned",
+            json!({"deleted": deleted}),
+        ))?;
+    }
     Ok(deleted)
 }

@@ -6,3 +6,4 @@ pub mod metrics;
 pub mod openapi;
 pub mod server;
 pub mod slack;
+pub mod snapshots;

@@ -39,6 +39,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "post", path: "/v1/runs/{id}/resume", summary: "Continue a halted run from the step it stopped at.", role: "deployer", body: None, ok: ("200", "Run") },
     Endpoint { method: "post", path: "/v1/promotions", summary: "Request a promotion of a release to an environment (with ladder: also upstream).", role: "deployer", body: Some("Promotion"), ok: ("202", "RunList") },
     Endpoint { method: "get", path: "/v1/events", summary: "The audit log, oldest first (query: environment, limit).", role: "viewer", body: None, ok: ("200", "EventList") },
+    Endpoint { method: "get", path: "/v1/environments/{env}/snapshots", summary: "The environment's snapshots and preserved copies, oldest first, with retention's verdict for each and, for preserved copies, when, by whom and why they were kept.", role: "viewer", body: None, ok: ("200", "SnapshotList") },
+    Endpoint { method: "post", path: "/v1/environments/{env}/snapshots/prune", summary: "Delete what the environment's retention allows (never the last success's snapshot nor a copy of a run not finished); with dry_run, only say what.", role: "deployer", body: Some("Prune"), ok: ("200", "Pruned") },
+    Endpoint { method: "get", path: "/v1/store/backup", summary: "Every record of the store as JSON lines, a header with format, counts and checksum first (the format of `sluice store backup`).", role: "admin on every environment", body: None, ok: ("200", "JsonLines") },
     Endpoint { method: "post", path: "/v1/reload", summary: "Re-read environments, policies, tokens and migrations; a bad file changes nothing.", role: "admin on every environment", body: None, ok: ("200", "Object") },
     Endpoint { method: "post", path: "/slack/commands", summary: "Slack slash command (form-encoded, as Slack sends it); answered within 3 s.", role: "a valid X-Slack-Signature; then the Slack user's roles from [slack.users]", body: None, ok: ("200", "Object") },
     Endpoint { method: "post", path: "/slack/interactions", summary: "Slack button clicks (form-encoded `payload` of type block_actions).", role: "a valid X-Slack-Signature; then the Slack user's roles from [slack.users]", body: None, ok: ("200", "Object") },
@@ -53,7 +56,7 @@ fn schemas() -> Value {
     let string = json!({"type": "string"});
     let nullable_string = json!({"type": "string", "nullable": true});
     let time = json!({"type": "string", "format": "date-time"});
-    json!({
+    let mut schemas = json!({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"],
             "properties": {"code": string, "message": string}}}},
@@ -115,6 +118,38 @@ fn schemas() -> Value {
         "ReasonRequired": {"type": "object", "required": ["reason"], "additionalProperties": false,
             "properties": {"reason": string}},
         "Comment": {"type": "object", "additionalProperties": false, "properties": {"comment": nullable_string}},
+    });
+    if let (Some(all), Value::Object(more)) = (schemas.as_object_mut(), maintenance_schemas()) {
+        all.extend(more);
+    }
+    schemas
+}
+
+/// The schemas of the snapshot and store endpoints (one `json!` for all would exceed the
+/// macro's recursion limit).
+fn maintenance_schemas() -> Value {
+    let string = json!({"type": "string"});
+    let nullable_string = json!({"type": "string", "nullable": true});
+    json!({
+        "JsonLines": {"type": "string", "description": "one JSON object per line"},
+        "Snapshot": {"type": "object", "required": ["name", "kind", "verdict"], "properties": {
+            "name": string, "kind": {"type": "string", "enum": ["snapshot", "preserved"]},
+            "run": nullable_string, "created_at": {"type": "string", "format": "date-time", "nullable": true},
+            "status": string, "size_bytes": {"type": "integer", "nullable": true},
+            "record": {"type": "object", "nullable": true},
+            "preserved_at": {"type": "string", "format": "date-time", "nullable": true},
+            "preserved_by": nullable_string, "preserved_run": nullable_string,
+            "preserved_reason": nullable_string,
+            "verdict": {"type": "string", "enum": ["keep_last_success", "keep_unfinished_run",
+                "keep_newest_preserved", "keep_newest", "keep_young", "keep_no_rule", "prune"]}}},
+        "SnapshotList": {"type": "object", "properties": {
+            "environment": string, "provider": string,
+            "snapshots": {"type": "array", "items": reference("Snapshot")}}},
+        "Prune": {"type": "object", "additionalProperties": false, "properties": {
+            "dry_run": {"type": "boolean", "default": false}}},
+        "Pruned": {"type": "object", "properties": {
+            "environment": string, "dry_run": {"type": "boolean"},
+            "deleted": {"type": "array", "items": string}}},
     })
 }
 
@@ -127,7 +162,7 @@ pub fn document() -> Value {
             "description": format!("Role needed: {}.", endpoint.role),
             "responses": {
                 endpoint.ok.0: {"description": "success", "content": {
-                    if endpoint.ok.1 == "Text" { "text/plain" } else { "application/json" }:
+                    match endpoint.ok.1 { "Text" => "text/plain", "JsonLines" => "application/x-ndjson", _ => "application/json" }:
                     {"schema": reference(endpoint.ok.1)}}},
                 "default": {"description": "a refusal or failure, saying why",
                     "content": {"application/json": {"schema": reference("Error")}}}

@@ -61,7 +61,7 @@ impl ApiState {
         }
     }
 
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let header = headers
             .get(axum::http::header::AUTHORIZATION)
             .map(|v| v.to_str().unwrap_or("\u{0}"));
@@ -155,7 +155,7 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 /// Parses a JSON object body; an empty body counts as `{}`. The error says where the body is
 /// wrong. Arrays are refused although serde would map them onto the fields in order: the
 /// documented body is an object, and a positional body is a mistake waiting to happen.
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::promote::engine::{Engine, EngineOptions, PromotionRequest};
 use crate::promote::views::{environment_views, EnvironmentView, RunView};
 use crate::store::records::short_hash;
-use crate::store::{RunKind, RunState};
+use crate::store::{RunKind, RunState, SledStore, Verification};
 
 /// How a ladder command reaches the engine.
 #[derive(Debug, Args, Clone)]
@@ -210,6 +210,57 @@ pub enum Backend {
     Remote(Client),
 }
 
+impl Connection {
+    /// A client of the daemon at `--server` (default `$SLUICE_URL`, else `[daemon] listen`)
+    /// with the token of `--token-file` or `$SLUICE_TOKEN`.
+    pub fn client(&self, project: &Project) -> Result<Client> {
+        let base = self
+            .server
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", project.daemon.listen));
+        let token = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::io(path, e))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var("SLUICE_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty()),
+        };
+        Client::new(&base, token)
+    }
+
+    /// For commands that read or change the store itself (`snapshots`, `store backup`): the
+    /// daemon to go through, if any. With `--local`, none; with `--server` (or `$SLUICE_URL`),
+    /// that daemon; otherwise the daemon at `[daemon] listen` when another process holds the
+    /// store (sled allows one at a time), else none: the command works on the store here.
+    pub fn daemon_for_store(&self, project: &Project) -> Result<Option<Client>> {
+        if self.local {
+            return Ok(None);
+        }
+        if self.server.is_some() {
+            return self.client(project).map(Some);
+        }
+        match SledStore::open_checked(&daemon::store_dir(project), Verification::Quick) {
+            Ok(_) => Ok(None),
+            Err(Error::StoreBusy { .. }) => self.client(project).map(Some),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// This connection with `more`'s flags added (a subcommand's flags over its parent's).
+    pub fn and(self, more: Connection) -> Connection {
+        Connection {
+            local: self.local || more.local,
+            server: more.server.or(self.server),
+            token_file: more.token_file.or(self.token_file),
+            by: more.by.or(self.by),
+        }
+    }
+}
+
 impl Backend {
     /// Opens the engine locally or a client of the daemon.
     pub async fn open(project: &Project, connection: &Connection) -> Result<Backend> {
@@ -226,22 +277,7 @@ impl Backend {
             engine.recover().await?;
             return Ok(Backend::Local(engine));
         }
-        let base = connection
-            .server
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", project.daemon.listen));
-        let token = match &connection.token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| Error::io(path, e))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => std::env::var("SLUICE_TOKEN")
-                .ok()
-                .filter(|t| !t.trim().is_empty()),
-        };
-        Ok(Backend::Remote(Client::new(&base, token)?))
+        Ok(Backend::Remote(connection.client(project)?))
     }
 
     async fn environments(&self) -> Result<Vec<EnvironmentView>> {

@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Environment, ProviderConfig, SnapshotConfig};
 use crate::error::{Error, Result};
 
 /// Whether a listed copy is a snapshot sluice can restore, or the state a restore replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotKind {
     /// Taken before a run; restorable.
@@ -31,7 +31,7 @@ pub enum SnapshotKind {
 }
 
 /// One snapshot or preserved copy as a provider sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
     /// The provider's name for it (database, file, branch or snapshot identifier).
     pub name: String,

@@ -1,6 +1,8 @@
 //! Which snapshots and preserved copies retention allows deleting. Pure: the caller lists,
-//! decides with [`prunable`], deletes and reports.
+//! works out which copies are protected whatever the rules say, decides with [`verdicts`],
+//! deletes and reports.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -11,11 +13,17 @@ use super::SnapshotKind;
 use crate::config::Retention;
 
 /// Why a copy is kept or may go, for `sluice snapshots` and `prune` output.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// The snapshot of the last successful run: never deleted.
     KeepLastSuccess,
+    /// A snapshot or preserved copy of a run that has not ended (halted runs included: a
+    /// person may still roll back with it): never deleted.
+    KeepUnfinishedRun,
+    /// The environment's newest preserved copy: the daemon's automatic pruning leaves it for a
+    /// person to look at; a person's prune applies the rules to it.
+    KeepNewestPreserved,
     /// Among the newest `keep_last` of its kind.
     KeepNewest,
     /// Younger than `max_age` (or of unknown age).
@@ -26,12 +34,28 @@ pub enum Verdict {
     Prune,
 }
 
-/// The verdict for each copy, in the order given. Snapshots and preserved copies are counted
+impl Verdict {
+    /// The verdict in words, for tables.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Verdict::KeepLastSuccess => "keep: last success",
+            Verdict::KeepUnfinishedRun => "keep: run not finished",
+            Verdict::KeepNewestPreserved => "keep: newest preserved",
+            Verdict::KeepNewest => "keep: newest",
+            Verdict::KeepYoung => "keep: young",
+            Verdict::KeepNoRule => "keep: no rule",
+            Verdict::Prune => "prune",
+        }
+    }
+}
+
+/// The verdict for each copy, in the order given. `protected` names copies kept whatever the
+/// rules say, with the verdict saying why. Snapshots and preserved copies are counted
 /// separately for `keep_last`; a copy any rule keeps is kept.
 pub fn verdicts(
     copies: &[Snapshot],
     retention: &Retention,
-    protected: &[String],
+    protected: &HashMap<String, Verdict>,
     now: DateTime<Utc>,
 ) -> Vec<Verdict> {
     let newest_rank = |index: usize| {
@@ -45,8 +69,8 @@ pub fn verdicts(
     (0..copies.len())
         .map(|i| {
             let copy = &copies[i];
-            if protected.contains(&copy.name) {
-                return Verdict::KeepLastSuccess;
+            if let Some(why) = protected.get(&copy.name) {
+                return *why;
             }
             if retention.keep_last.is_none() && retention.max_age.is_none() {
                 return Verdict::KeepNoRule;
@@ -74,7 +98,7 @@ pub fn verdicts(
 pub fn prunable(
     copies: &[Snapshot],
     retention: &Retention,
-    protected: &[String],
+    protected: &HashMap<String, Verdict>,
     now: DateTime<Utc>,
 ) -> Vec<String> {
     verdicts(copies, retention, protected, now)
@@ -114,9 +138,24 @@ mod tests {
             keep_last: Some(1),
             max_age: None,
         };
+        let protected = HashMap::from([("s1".to_string(), Verdict::KeepLastSuccess)]);
+        assert_eq!(prunable(&copies, &retention, &protected, now), ["s2", "f1"]);
+        let mut copies = copies;
+        copies.push(copy("f0", SnapshotKind::Preserved, 9, now));
+        let protected = HashMap::from([
+            ("s1".to_string(), Verdict::KeepLastSuccess),
+            ("f0".to_string(), Verdict::KeepUnfinishedRun),
+        ]);
         assert_eq!(
-            prunable(&copies, &retention, &["s1".into()], now),
-            ["s2", "f1"]
+            verdicts(&copies, &retention, &protected, now),
+            [
+                Verdict::KeepLastSuccess,
+                Verdict::Prune,
+                Verdict::KeepNewest,
+                Verdict::Prune,
+                Verdict::KeepNewest,
+                Verdict::KeepUnfinishedRun
+            ]
         );
     }
 
@@ -132,14 +171,15 @@ mod tests {
             keep_last: Some(1),
             max_age: Some(Duration::from_secs(15 * 86400)),
         };
-        assert_eq!(prunable(&copies, &both, &[], now), ["old"]);
-        assert!(prunable(&copies, &Retention::default(), &[], now).is_empty());
+        let none = HashMap::new();
+        assert_eq!(prunable(&copies, &both, &none, now), ["old"]);
+        assert!(prunable(&copies, &Retention::default(), &none, now).is_empty());
         let mut unknown = copies.clone();
         unknown[0].created_at = None;
         let age_only = Retention {
             keep_last: None,
             max_age: Some(Duration::from_secs(5 * 86400)),
         };
-        assert_eq!(prunable(&unknown, &age_only, &[], now), ["mid"]);
+        assert_eq!(prunable(&unknown, &age_only, &none, now), ["mid"]);
     }
 }

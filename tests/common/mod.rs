@@ -1094,3 +1094,12 @@ pub fn databases_refusing_connections(db: &TestDb) -> String {
         db.name
     ))
 }
+
+/// The shipped example (SQLite environments) as a [`Project`], for tests that drive it through
+/// [`Project::cmd`] or a daemon.
+pub fn example_project() -> Project {
+    Project {
+        dir: example_copy(),
+        env_vars: Vec::new(),
+    }
+}
