@@ -755,6 +755,16 @@ fn store_of(project: &Project) -> OnDemandStore {
     OnDemandStore::new(&project.state_dir.join("store"), Duration::from_secs(5))
 }
 
+/// Progress lines of provider work done before a command's own output begins (undoing what an
+/// interrupted snapshot left), on stderr.
+struct CliProgress;
+
+impl snapshot::Progress for CliProgress {
+    fn update(&self, message: &str) {
+        eprintln!("{message}");
+    }
+}
+
 impl snapshot::Progress for CliObserver {
     fn update(&self, message: &str) {
         match &self.bar {
@@ -777,7 +787,7 @@ async fn snapshot_cmd(project: &Project, args: SnapshotArgs) -> Result<u8> {
         actor: actor(args.by),
         reason: args.reason,
     };
-    promote::recover_environment(&env, &store, &request).await?;
+    promote::recover_environment(&env, &store, &request, &CliProgress).await?;
     let run_id = args.run.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let observer = CliObserver::new(args.json);
     let made = promote::create_snapshot(
@@ -829,7 +839,7 @@ async fn restore_cmd(project: &Project, args: RestoreArgs) -> Result<u8> {
         actor: actor(args.by),
         reason: Some(args.reason.trim().to_string()),
     };
-    promote::recover_environment(&env, &store, &request).await?;
+    promote::recover_environment(&env, &store, &request, &CliProgress).await?;
     let run_id = args.run.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let observer = CliObserver::new(false);
     let restored = promote::restore_snapshot(

@@ -75,7 +75,7 @@ pub async fn run_apply(
     let (observer, progress): (&dyn Observer, &dyn Progress) = (reporter, reporter);
     let mut opts = opts;
     if !opts.dry_run {
-        for line in recover_environment(env, store, request).await? {
+        for line in recover_environment(env, store, request, progress).await? {
             progress.update(&line);
         }
     }
@@ -208,13 +208,14 @@ pub async fn recover_environment(
     env: &Environment,
     store: &dyn Store,
     request: &Request,
+    progress: &dyn Progress,
 ) -> Result<Vec<String>> {
     let hazards = StoreHazards::new(store, &env.name);
     if env.snapshot.is_none() || hazards.open()?.is_empty() {
         return Ok(Vec::new());
     }
     let provider = snapshot::provider_for(env).await?;
-    let done = provider.recover(&hazards).await?;
+    let done = provider.recover(&hazards, progress).await?;
     for line in &done {
         tracing::info!(environment = %env.name, "{line}");
         store.append_event(&event(

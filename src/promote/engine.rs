@@ -1161,15 +1161,24 @@ impl Engine {
     /// or restart). Halted runs wait for a person.
     pub async fn recover(self: &Arc<Self>) -> Result<Vec<Run>> {
         let _decisions = self.decisions.lock().await;
-        let loaded = self.loaded();
-        let request = super::Request {
-            actor: MACHINE_ACTOR.into(),
-            reason: Some("sluice started".into()),
-        };
-        for env in loaded.environments.values() {
-            if let Err(err) = super::recover_environment(env, self.store(), &request).await {
-                tracing::error!(environment = %env.name, error = %err, "undoing what an interrupted snapshot left failed");
-            }
+        // What an interrupted snapshot left is undone in the background: it may have to wait
+        // for a copy the server is still finishing, and a run that reaches the environment first
+        // does the same before it plans.
+        for env in self.loaded().environments.values() {
+            let env = env.clone();
+            let engine = self.clone();
+            tokio::spawn(async move {
+                let request = super::Request {
+                    actor: MACHINE_ACTOR.into(),
+                    reason: Some("sluice started".into()),
+                };
+                let progress = crate::snapshot::Quiet;
+                if let Err(err) =
+                    super::recover_environment(&env, engine.store(), &request, &progress).await
+                {
+                    tracing::error!(environment = %env.name, error = %err, "undoing what an interrupted snapshot left failed");
+                }
+            });
         }
         let mut resumed = Vec::new();
         for run in self.store.runs()? {

@@ -115,7 +115,7 @@ async fn locked(engine: &Arc<Engine>, loaded: &Loaded, run: &mut Run) -> Result<
         actor: MACHINE_ACTOR.into(),
         reason: Some(format!("before run {}", run.id)),
     };
-    if let Err(err) = super::recover_environment(&env, engine.store(), &request).await {
+    if let Err(err) = super::recover_environment(&env, engine.store(), &request, &Quiet).await {
         return halt(
             engine,
             run,

@@ -158,10 +158,15 @@ pub trait SnapshotProvider: Send + Sync {
     ) -> Result<Restored>;
 
     /// Undoes the hazards a crashed create or restore left (noted in `hazards` and not
-    /// cleared), unless another process is working on the environment right now. Returns what
-    /// it did, one sentence each, for the audit log.
-    async fn recover(&self, hazards: &dyn HazardLog) -> Result<Vec<String>> {
-        let _ = hazards;
+    /// cleared), after waiting for any copy or restore under way (the server may still be
+    /// finishing one whose client was killed). Returns what it did, one sentence each, for the
+    /// audit log.
+    async fn recover(
+        &self,
+        hazards: &dyn HazardLog,
+        progress: &dyn Progress,
+    ) -> Result<Vec<String>> {
+        let _ = (hazards, progress);
         Ok(Vec::new())
     }
 

@@ -830,21 +830,19 @@ impl SnapshotProvider for PgSnapshots {
         result
     }
 
-    async fn recover(&self, hazards: &dyn HazardLog) -> Result<Vec<String>> {
+    async fn recover(
+        &self,
+        hazards: &dyn HazardLog,
+        progress: &dyn Progress,
+    ) -> Result<Vec<String>> {
         let open = hazards.open()?;
         if open.is_empty() {
             return Ok(Vec::new());
         }
         let mut conn = self.connect().await?;
-        if !self.try_lock_database(&mut conn).await? {
-            let holder = self.lock_holder(&mut conn).await.unwrap_or_default();
-            let _ = conn.close().await;
-            return Ok(vec![format!(
-                "another session is copying or restoring `{}` now ({holder}); its connection block is \
-                 its own to lift",
-                self.database
-            )]);
-        }
+        // A copy whose client was killed goes on in its server session, holding the lock, until
+        // it is done: wait for it (or for another sluice's copy) before looking.
+        self.lock_database(&mut conn, progress).await?;
         let result = self.recover_locked(&mut conn, &open, hazards).await;
         self.unlock_database(&mut conn).await;
         let _ = conn.close().await;
