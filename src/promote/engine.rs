@@ -704,7 +704,25 @@ impl Engine {
 
     /// Records an approval. Self-approval and approvers the policy does not name are refused;
     /// approving twice is harmless.
-    pub async fn approve(&self, run_id: &str, actor: &str, comment: Option<String>) -> Result<Run> {
+    pub async fn approve(
+        self: &Arc<Self>,
+        run_id: &str,
+        actor: &str,
+        comment: Option<String>,
+    ) -> Result<Run> {
+        let run = self.record_approval(run_id, actor, comment).await?;
+        // The gates are looked at again at once, so the answer (and whoever follows the run
+        // from it) sees what the approval opened, not the gate it just satisfied.
+        self.tick().await?;
+        self.run(&run.id)
+    }
+
+    async fn record_approval(
+        &self,
+        run_id: &str,
+        actor: &str,
+        comment: Option<String>,
+    ) -> Result<Run> {
         let _decisions = self.decisions.lock().await;
         let mut run = self.run(run_id)?;
         if !run.state.is_waiting() {
