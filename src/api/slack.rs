@@ -379,14 +379,19 @@ fn runs(chatops: &ChatOps, env: Option<&str>) -> Result<Message, Error> {
     if let Some(env) = env {
         known_env(chatops, env)?;
     }
-    let runs = chatops.engine.store().runs()?;
-    let lines: Vec<String> = runs
-        .iter()
-        .rev()
-        .filter(|r| env.is_none_or(|e| r.environment == e))
-        .take(10)
-        .map(plain_line)
-        .collect();
+    let store = chatops.engine.store();
+    let wanted = |r: &crate::store::RunSummary| env.is_none_or(|e| r.environment == e);
+    let newest = store.run_summaries(&crate::store::RunPage {
+        before: None,
+        limit: 10,
+        wanted: &wanted,
+    })?;
+    let mut lines = Vec::new();
+    for summary in newest {
+        if let Some(run) = store.run(&summary.id)? {
+            lines.push(plain_line(&run));
+        }
+    }
     if lines.is_empty() {
         return Ok(Message::ephemeral("no runs yet"));
     }
