@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{describe_http_error, Error, Result};
-use crate::promote::views::{EnvironmentView, RunView};
+use crate::promote::views::{EnvironmentView, RunSummary, RunView};
 use crate::promote::SnapshotListing;
 
 /// A client of one daemon.
@@ -105,8 +105,8 @@ impl Client {
         self.send(Method::GET, "/v1/environments", None).await
     }
 
-    /// `GET /v1/runs`.
-    pub async fn runs(&self, environment: Option<&str>, limit: usize) -> Result<Vec<RunView>> {
+    /// `GET /v1/runs`: the newest `limit` run summaries (one page).
+    pub async fn runs(&self, environment: Option<&str>, limit: usize) -> Result<Vec<RunSummary>> {
         let mut path = format!("/v1/runs?limit={limit}");
         if let Some(env) = environment {
             path.push_str("&environment=");

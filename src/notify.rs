@@ -340,9 +340,17 @@ async fn worker(
     }
 }
 
+/// The body posted to a sink, with any credential in its text hidden (the last exit before a
+/// notification leaves the process).
 fn body_for(sink: &Sink, n: &Notification) -> Result<Vec<u8>, serde_json::Error> {
+    let mut document = plain_body_for(sink, n)?;
+    crate::error::redact_json(&mut document);
+    serde_json::to_vec(&document)
+}
+
+fn plain_body_for(sink: &Sink, n: &Notification) -> Result<serde_json::Value, serde_json::Error> {
     match sink.kind {
-        SinkKind::Webhook { .. } => serde_json::to_vec(n),
+        SinkKind::Webhook { .. } => serde_json::to_value(n),
         SinkKind::SlackWebhook => {
             let run: String = n.run_id.chars().take(8).collect();
             let context = format!(
@@ -351,7 +359,7 @@ fn body_for(sink: &Sink, n: &Notification) -> Result<Vec<u8>, serde_json::Error>
             );
             let text = slack_escape(&n.text);
             let mrkdwn = format!("{text}\n{}", slack_escape(&context));
-            serde_json::to_vec(&serde_json::json!({
+            Ok(serde_json::json!({
                 "text": text,
                 "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": mrkdwn}}],
             }))

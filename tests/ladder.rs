@@ -235,7 +235,13 @@ fn failing_health_check_rolls_back(method: &str) {
     let reason = run["state"]["reason"].as_str().unwrap();
     assert!(reason.contains("orders-have-status"), "{reason}");
     assert_eq!(run["health"], "failed");
-    assert!(!run["measurements"].as_array().unwrap().is_empty());
+    let detail = daemon
+        .get(
+            &format!("/v1/runs/{}", run["id"].as_str().unwrap()),
+            Some(DEPLOYER),
+        )
+        .1;
+    assert!(!detail["measurements"].as_array().unwrap().is_empty());
 
     assert_eq!(
         staging.full_dump(),

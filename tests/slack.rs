@@ -288,6 +288,80 @@ fn forged_stale_replayed_or_malformed_slack_requests_are_refused_and_change_noth
 }
 
 #[test]
+fn item08_a_replay_with_the_signature_in_another_letter_case_is_refused() {
+    let ladder = Ladder::new("slack_replay_case", &[]);
+    let slack = SlackServer::start();
+    configure(&ladder, &slack, "");
+    let daemon = Daemon::start(&ladder.project, DAEMON_ENV);
+
+    let promote = command_body(&slack, BOB, "promote dev", "case0");
+    let ts = now_ts();
+    let signature = slack_signature(SECRET, &ts, promote.as_bytes());
+    let hex_part = signature.strip_prefix("v0=").unwrap().to_string();
+    assert!(
+        hex_part.chars().any(|c| c.is_ascii_alphabetic()),
+        "the signature has letters to change the case of: {signature}"
+    );
+    let headers = |signature: String| {
+        vec![
+            (
+                "content-type",
+                "application/x-www-form-urlencoded".to_string(),
+            ),
+            ("x-slack-request-timestamp", ts.clone()),
+            ("x-slack-signature", signature),
+        ]
+    };
+    let runs_before = run_count(&daemon);
+    let first = post_raw(
+        &daemon,
+        "/slack/commands",
+        &headers(signature.clone()),
+        promote.clone().into_bytes(),
+    );
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(
+        run_count(&daemon),
+        runs_before + 1,
+        "the command made its run"
+    );
+
+    let mixed: String = hex_part
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i % 3 == 0 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect();
+    for variant in [
+        format!("v0={}", hex_part.to_ascii_uppercase()),
+        format!("v0={mixed}"),
+    ] {
+        let replay = post_raw(
+            &daemon,
+            "/slack/commands",
+            &headers(variant.clone()),
+            promote.clone().into_bytes(),
+        );
+        assert_eq!(replay.status, 409, "{variant}: {:?}", replay.body);
+        assert_eq!(
+            replay.body["error"]["code"], "replayed",
+            "{:?}",
+            replay.body
+        );
+    }
+    assert_eq!(
+        run_count(&daemon),
+        runs_before + 1,
+        "the replays made no run"
+    );
+}
+
+#[test]
 fn a_promotion_from_slack_is_reported_in_the_channel_until_it_ends() {
     let ladder = Ladder::new("slack_progress", &[]);
     let staging = ladder.project.env_file("staging");

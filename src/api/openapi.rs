@@ -22,7 +22,7 @@ pub struct Endpoint {
 /// Every endpoint the router serves.
 pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "get", path: "/v1/health", summary: "Liveness: the daemon answers and says its version and head release.", role: "none", body: None, ok: ("200", "Health") },
-    Endpoint { method: "get", path: "/metrics", summary: "Prometheus text metrics.", role: "none", body: None, ok: ("200", "Text") },
+    Endpoint { method: "get", path: "/metrics", summary: "Metrics in the OpenMetrics text format (Prometheus): runs by state, sluice_environment_info, health, pending approvals, drifted environments, HTTP responses, and duration histograms (_seconds) of runs, snapshots, applies, checks and gate waits.", role: "none", body: None, ok: ("200", "Text") },
     Endpoint { method: "get", path: "/v1/openapi.json", summary: "This document.", role: "none", body: None, ok: ("200", "Object") },
     Endpoint { method: "get", path: "/v1/environments", summary: "Environments the caller may view, in ladder order, with their release and runs.", role: "viewer", body: None, ok: ("200", "EnvironmentList") },
     Endpoint { method: "get", path: "/v1/environments/{env}", summary: "One environment.", role: "viewer", body: None, ok: ("200", "Environment") },
@@ -31,7 +31,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint { method: "post", path: "/v1/environments/{env}/drift", summary: "Compare the environment with the expected schema of its applied migrations now: the report, its summary and the diff in words (nothing is recorded).", role: "viewer", body: None, ok: ("200", "Object") },
     Endpoint { method: "get", path: "/v1/releases", summary: "Recorded releases and the head.", role: "viewer", body: None, ok: ("200", "Releases") },
     Endpoint { method: "post", path: "/v1/releases", summary: "Read the migrations directory now and record a new head.", role: "deployer", body: None, ok: ("200", "ReleaseScan") },
-    Endpoint { method: "get", path: "/v1/runs", summary: "Runs, newest first (query: environment, limit).", role: "viewer", body: None, ok: ("200", "RunList") },
+    Endpoint { method: "get", path: "/v1/runs", summary: "One page of run summaries, newest first, without transitions, measurements or events (those are at /v1/runs/{id}). Paginated by cursor: query limit (default 50, at most 500) and before (the id of the last run of the previous page); a Link header with rel=\"next\" gives the next page while there is one.", role: "viewer", body: None, ok: ("200", "RunSummaryList") },
     Endpoint { method: "get", path: "/v1/runs/{id}", summary: "One run with its transitions, measurements and events.", role: "viewer", body: None, ok: ("200", "Run") },
     Endpoint { method: "post", path: "/v1/runs/{id}/approve", summary: "Approve a waiting run (not your own).", role: "approver", body: Some("Comment"), ok: ("200", "Run") },
     Endpoint { method: "post", path: "/v1/runs/{id}/reject", summary: "Reject a waiting run.", role: "approver", body: Some("ReasonRequired"), ok: ("200", "Run") },
@@ -65,9 +65,17 @@ fn schemas() -> Value {
         "Health": {"type": "object", "properties": {
             "status": {"type": "string", "enum": ["ok", "stopping"]}, "version": string,
             "release": nullable_string, "store_format": {"type": "integer"}}},
-        "RunSummary": {"type": "object", "properties": {
+        "RunSummary": {"type": "object", "required": ["id", "kind", "environment", "release", "state"], "properties": {
             "id": string, "kind": {"type": "string", "enum": ["promotion", "rollback"]},
-            "release": string, "state": string, "describe": string}},
+            "environment": string, "release": string, "head": nullable_string,
+            "state": reference("RunState"), "describe": string, "requested_by": string,
+            "reason": nullable_string, "created_at": time, "updated_at": time,
+            "error": nullable_string,
+            "health": {"type": "string", "nullable": true, "enum": ["successful", "failed", "error", "inconclusive", null]},
+            "version": {"type": "integer", "description": "the run's number of transitions"},
+            "rolls_back": nullable_string, "snapshot": nullable_string,
+            "origin": {"type": "object"}}},
+        "RunSummaryList": {"type": "array", "items": reference("RunSummary")},
         "Environment": {"type": "object", "required": ["name"], "properties": {
             "name": string, "release": nullable_string, "head": nullable_string,
             "since": {"type": "string", "format": "date-time", "nullable": true},
@@ -153,6 +161,27 @@ fn maintenance_schemas() -> Value {
     })
 }
 
+/// The query of `GET /v1/runs` and the `Link` header of its pages.
+fn document_run_list_paging(operation: &mut Value) {
+    let query = |name: &str, schema: Value, description: &str| json!({"name": name, "in": "query", "required": false, "schema": schema, "description": description});
+    operation["parameters"] = json!([
+        query("environment", json!({"type": "string"}), "only runs of this environment"),
+        query(
+            "limit",
+            json!({"type": "integer", "minimum": 0, "default": 50, "maximum": 500}),
+            "at most this many runs (a larger value is cut to 500)",
+        ),
+        query(
+            "before",
+            json!({"type": "string"}),
+            "cursor: the id of the last run of the previous page; the page starts with the next older run",
+        ),
+    ]);
+    operation["responses"]["200"]["headers"] = json!({"Link": {
+        "description": "`</v1/runs?limit=N&before=ID…>; rel=\"next\"` while more runs follow",
+        "schema": {"type": "string"}}});
+}
+
 /// The document.
 pub fn document() -> Value {
     let mut paths = Map::new();
@@ -162,7 +191,7 @@ pub fn document() -> Value {
             "description": format!("Role needed: {}.", endpoint.role),
             "responses": {
                 endpoint.ok.0: {"description": "success", "content": {
-                    match endpoint.ok.1 { "Text" => "text/plain", "JsonLines" => "application/x-ndjson", _ => "application/json" }:
+                    match endpoint.ok.1 { "Text" => "application/openmetrics-text", "JsonLines" => "application/x-ndjson", _ => "application/json" }:
                     {"schema": reference(endpoint.ok.1)}}},
                 "default": {"description": "a refusal or failure, saying why",
                     "content": {"application/json": {"schema": reference("Error")}}}
@@ -179,6 +208,9 @@ pub fn document() -> Value {
             .collect();
         if !parameters.is_empty() {
             operation["parameters"] = Value::Array(parameters);
+        }
+        if (endpoint.method, endpoint.path) == ("get", "/v1/runs") {
+            document_run_list_paging(&mut operation);
         }
         if let Some(body) = endpoint.body {
             operation["requestBody"] = json!({

@@ -22,7 +22,8 @@ use crate::error::Error;
 use crate::promote::engine::{Engine, PromotionRequest};
 use crate::store::{Event, Run};
 
-use crate::promote::views::{environment_views, EnvironmentView, RunView};
+use crate::promote::views::{environment_views, EnvironmentView, RunSummary, RunView};
+use crate::store::RunPage;
 
 /// What every handler shares.
 pub struct ApiState {
@@ -34,6 +35,8 @@ pub struct ApiState {
     pub tokens_path: Option<std::path::PathBuf>,
     /// Requests answered, by status class, for `/metrics`.
     pub responses: BTreeMap<&'static str, AtomicU64>,
+    /// Durations of runs and their phases for `/metrics`, told of every run change.
+    pub durations: Arc<super::metrics::RunDurations>,
 }
 
 impl ApiState {
@@ -43,7 +46,10 @@ impl ApiState {
         tokens: Tokens,
         tokens_path: Option<std::path::PathBuf>,
     ) -> ApiState {
+        let durations = Arc::new(super::metrics::RunDurations::default());
+        engine.add_listener(durations.clone());
         ApiState {
+            durations,
             engine,
             tokens: RwLock::new(Arc::new(tokens)),
             tokens_path,
@@ -89,7 +95,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// An error with its status, a stable code and a message for people.
+    /// An error with its status, a stable code and a message for people, any credential in
+    /// the message hidden: every error the API and the Slack endpoints answer is made here.
     pub(crate) fn new(
         status: StatusCode,
         code: &'static str,
@@ -98,7 +105,7 @@ impl ApiError {
         ApiError {
             status,
             code,
-            message: message.into(),
+            message: crate::error::redact_urls(&message.into()),
         }
     }
 }
@@ -223,11 +230,67 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 format!("{method} is not allowed here; GET /v1/openapi.json lists the methods of each endpoint"),
             )
         })
+        .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_responses,
         ))
         .with_state(state)
+}
+
+/// The largest request body the API reads (axum's own default, named so refusals can say it).
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// The stable code of an error status that reaches the client without an [`ApiError`]
+/// (a rejection of axum's own extractors).
+fn code_of(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::LENGTH_REQUIRED => "length_required",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable_entity",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    }
+}
+
+/// Puts every error answer in the API's shape (`{"error": {"code", "message"}}`): axum's own
+/// rejections (a body over [`MAX_BODY_BYTES`], say) come as plain text otherwise.
+async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("the request body is larger than {MAX_BODY_BYTES} bytes")
+    } else {
+        let text = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .unwrap_or_default();
+        if text.is_empty() {
+            status
+                .canonical_reason()
+                .unwrap_or("the request failed")
+                .to_string()
+        } else {
+            text
+        }
+    };
+    ApiError::new(status, code_of(status), message).into_response()
 }
 
 async fn count_responses(
@@ -256,7 +319,7 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiErro
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            super::metrics::CONTENT_TYPE,
         )],
         text,
     )
@@ -446,7 +509,7 @@ fn query_error(rejection: QueryRejection) -> ApiError {
     )
 }
 
-/// The query of a listing: one environment or all the caller may view, and how many.
+/// The query of `GET /v1/events`: one environment or all the caller may view, and how many.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
@@ -454,46 +517,82 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
+/// The query of `GET /v1/runs`: like [`ListQuery`], and `before`, the id of the last run of
+/// the previous page.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunListQuery {
+    environment: Option<String>,
+    limit: Option<usize>,
+    before: Option<String>,
+}
+
+/// Runs on one page of `GET /v1/runs` when the query says nothing.
+pub const DEFAULT_RUN_PAGE: usize = 50;
+/// The most runs one page of `GET /v1/runs` carries; a larger `limit` is cut to this.
+pub const MAX_RUN_PAGE: usize = 500;
+
 /// Authenticates a listing request, then checks its query and the caller's view of the
 /// environment it names.
-fn listing(
+fn listing<Q>(
     state: &ApiState,
     headers: &HeaderMap,
-    query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<(Caller, ListQuery), ApiError> {
+    query: Result<Query<Q>, QueryRejection>,
+    environment_of: fn(&Q) -> Option<&String>,
+) -> Result<(Caller, Q), ApiError> {
     let caller = state.authenticate(headers)?;
     let Query(query) = query.map_err(query_error)?;
-    if let Some(env) = &query.environment {
+    if let Some(env) = environment_of(&query) {
         state.engine.loaded().environment(env)?;
         caller.require(env, Role::Viewer)?;
     }
     Ok((caller, query))
 }
 
+/// One page of run summaries, newest first (no transitions, measurements or events: those
+/// are at `/v1/runs/{id}`). When more runs follow, a `Link: <…>; rel="next"` header gives the
+/// next page's address (`before` = the last id of this page).
 async fn list_runs(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-    query: Result<Query<ListQuery>, QueryRejection>,
-) -> ApiResult<Vec<RunView>> {
-    let (caller, query) = listing(&state, &headers, query)?;
-    let mut runs: Vec<Run> = state
-        .engine
-        .store()
-        .runs()?
-        .into_iter()
-        .filter(|r| visible(&caller, &r.environment))
-        .filter(|r| {
-            query
+    query: Result<Query<RunListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (caller, query) = listing(&state, &headers, query, |q: &RunListQuery| {
+        q.environment.as_ref()
+    })?;
+    let limit = query.limit.unwrap_or(DEFAULT_RUN_PAGE).min(MAX_RUN_PAGE);
+    let wanted = |summary: &RunSummary| {
+        visible(&caller, &summary.environment)
+            && query
                 .environment
                 .as_ref()
-                .is_none_or(|e| &r.environment == e)
-        })
-        .collect();
-    runs.reverse();
-    runs.truncate(query.limit.unwrap_or(50));
-    Ok(Json(
-        runs.into_iter().map(|r| RunView::of(r, None)).collect(),
-    ))
+                .is_none_or(|e| &summary.environment == e)
+    };
+    let mut runs = state.engine.store().run_summaries(&RunPage {
+        before: query.before.as_deref(),
+        limit: limit.saturating_add(1),
+        wanted: &wanted,
+    })?;
+    let more = runs.len() > limit;
+    runs.truncate(limit);
+    let mut response = Json(&runs).into_response();
+    if let (true, Some(last)) = (more, runs.last()) {
+        let mut next = url::form_urlencoded::Serializer::new(String::new());
+        next.append_pair("limit", &limit.to_string());
+        next.append_pair("before", &last.id);
+        if let Some(env) = &query.environment {
+            next.append_pair("environment", env);
+        }
+        if let Ok(value) = axum::http::HeaderValue::from_str(&format!(
+            "</v1/runs?{}>; rel=\"next\"",
+            next.finish()
+        )) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::LINK, value);
+        }
+    }
+    Ok(response)
 }
 
 fn visible_run(state: &ApiState, caller: &Caller, id: &str) -> Result<Run, ApiError> {
@@ -633,7 +732,9 @@ async fn list_events(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Vec<Event>> {
-    let (caller, query) = listing(&state, &headers, query)?;
+    let (caller, query) = listing(&state, &headers, query, |q: &ListQuery| {
+        q.environment.as_ref()
+    })?;
     let mut events: Vec<Event> = state
         .engine
         .store()

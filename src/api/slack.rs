@@ -99,17 +99,20 @@ pub fn verify_slack_signature(
         .trim()
         .parse()
         .map_err(|_| "X-Slack-Request-Timestamp is not a number of seconds")?;
-    if (now - at).abs() > MAX_SKEW_SECONDS {
-        return Err(format!(
-            "X-Slack-Request-Timestamp is {} s away from now; requests more than {MAX_SKEW_SECONDS} s old or ahead are refused",
-            (now - at).abs()
-        ));
+    match now.checked_sub(at).map(i64::unsigned_abs) {
+        Some(skew) if skew <= MAX_SKEW_SECONDS.unsigned_abs() => {}
+        Some(skew) => {
+            return Err(format!(
+                "X-Slack-Request-Timestamp is {skew} s away from now; requests more than {MAX_SKEW_SECONDS} s old or ahead are refused"
+            ))
+        }
+        None => {
+            return Err(format!(
+                "X-Slack-Request-Timestamp is too far from now; requests more than {MAX_SKEW_SECONDS} s old or ahead are refused"
+            ))
+        }
     }
-    let hex_part = signature
-        .trim()
-        .strip_prefix("v0=")
-        .ok_or("X-Slack-Signature does not start with v0=")?;
-    let expected = hex::decode(hex_part).map_err(|_| "X-Slack-Signature is not hexadecimal")?;
+    let expected = signature_bytes(signature)?;
     let mut mac =
         Hmac::<Sha256>::new_from_slice(secret).map_err(|_| "the signing secret is unusable")?;
     mac.update(b"v0:");
@@ -118,6 +121,23 @@ pub fn verify_slack_signature(
     mac.update(body);
     mac.verify_slice(&expected)
         .map_err(|_| "X-Slack-Signature does not match the body".to_string())
+}
+
+/// The bytes an `X-Slack-Signature` header stands for (`v0=` and hex digits in any letter
+/// case): what the signature check compares and what the replay guard remembers, so one
+/// signature written in upper, lower or mixed case is one signature.
+fn signature_bytes(signature: &str) -> Result<Vec<u8>, String> {
+    let hex_part = signature
+        .trim()
+        .strip_prefix("v0=")
+        .ok_or("X-Slack-Signature does not start with v0=")?;
+    hex::decode(hex_part).map_err(|_| "X-Slack-Signature is not hexadecimal".to_string())
+}
+
+/// The replay guard's key of a verified signature: its decoded bytes as `v0=` and lowercase
+/// hex (the form Slack sends, so guards written before this keying still match).
+fn seen_key(signature: &str) -> Result<String, String> {
+    signature_bytes(signature).map(|bytes| format!("{SEEN_PREFIX}v0={}", hex::encode(bytes)))
 }
 
 impl Endpoints {
@@ -161,7 +181,8 @@ impl Endpoints {
             ));
         }
         let store = self.chatops.engine.store();
-        let key = format!("{SEEN_PREFIX}{}", signature.unwrap_or_default().trim());
+        let key = seen_key(signature.unwrap_or_default())
+            .map_err(|why| refuse(StatusCode::UNAUTHORIZED, "unauthorized", why))?;
         let fresh = store
             .insert_mark(&key, &json!({"at": now}))
             .map_err(ApiError::from)?;
@@ -358,14 +379,19 @@ fn runs(chatops: &ChatOps, env: Option<&str>) -> Result<Message, Error> {
     if let Some(env) = env {
         known_env(chatops, env)?;
     }
-    let runs = chatops.engine.store().runs()?;
-    let lines: Vec<String> = runs
-        .iter()
-        .rev()
-        .filter(|r| env.is_none_or(|e| r.environment == e))
-        .take(10)
-        .map(plain_line)
-        .collect();
+    let store = chatops.engine.store();
+    let wanted = |r: &crate::store::RunSummary| env.is_none_or(|e| r.environment == e);
+    let newest = store.run_summaries(&crate::store::RunPage {
+        before: None,
+        limit: 10,
+        wanted: &wanted,
+    })?;
+    let mut lines = Vec::new();
+    for summary in newest {
+        if let Some(run) = store.run(&summary.id)? {
+            lines.push(plain_line(&run));
+        }
+    }
     if lines.is_empty() {
         return Ok(Message::ephemeral("no runs yet"));
     }
@@ -890,5 +916,57 @@ mod tests {
         assert!(verify_slack_signature(secret, Some(&ts), Some(&no_prefix), body, now).is_err());
         assert!(verify_slack_signature(secret, Some("soon"), Some(&good), body, now).is_err());
         assert!(verify_slack_signature(secret, Some(&ts), Some("v0=zz"), body, now).is_err());
+    }
+
+    #[test]
+    fn item08_a_timestamp_whose_distance_from_now_overflows_is_refused() {
+        let secret = b"8f742231b10e8888abcd99yyyzzz85a5";
+        let body = b"token=x&team_id=T1&text=promote%20prod";
+        let now: i64 = 1_700_000_000;
+        for at in [now.wrapping_add(i64::MIN), i64::MIN, i64::MAX] {
+            let ts = at.to_string();
+            let signature = sign(secret, &ts, body);
+            let refused = verify_slack_signature(secret, Some(&ts), Some(&signature), body, now)
+                .expect_err("a timestamp centuries away must be refused");
+            assert!(refused.contains("X-Slack-Request-Timestamp"), "{refused}");
+        }
+        for now in [i64::MIN, i64::MAX] {
+            let ts = "0";
+            let signature = sign(secret, ts, body);
+            assert!(verify_slack_signature(secret, Some(ts), Some(&signature), body, now).is_err());
+        }
+    }
+
+    #[test]
+    fn item08_one_signature_in_any_letter_case_is_one_replay_key() {
+        let secret = b"8f742231b10e8888abcd99yyyzzz85a5";
+        let body = b"token=x&team_id=T1&text=status";
+        let now = 1_700_000_000;
+        let ts = now.to_string();
+        let lower = sign(secret, &ts, body);
+        let hex_part = lower.trim_start_matches("v0=");
+        let upper = format!("v0={}", hex_part.to_ascii_uppercase());
+        let mixed: String = format!(
+            "v0={}",
+            hex_part
+                .chars()
+                .enumerate()
+                .map(|(i, c)| if i % 2 == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                })
+                .collect::<String>()
+        );
+        let key = seen_key(&lower).expect("a valid signature has a key");
+        for variant in [&upper, &mixed, &format!(" {lower} ")] {
+            assert_eq!(
+                verify_slack_signature(secret, Some(&ts), Some(variant), body, now),
+                Ok(()),
+                "{variant}"
+            );
+            assert_eq!(seen_key(variant).as_ref(), Ok(&key), "{variant}");
+        }
+        assert_eq!(key, format!("{SEEN_PREFIX}{lower}"));
     }
 }

@@ -27,7 +27,8 @@ impl Message {
         }
     }
 
-    /// The JSON Slack takes for a slash-command reply or a `response_url` post.
+    /// The JSON Slack takes for a slash-command reply or a `response_url` post, with any
+    /// credential in its text hidden.
     pub fn reply_json(&self) -> Value {
         let mut body = json!({
             "response_type": if self.in_channel { "in_channel" } else { "ephemeral" },
@@ -36,6 +37,7 @@ impl Message {
         if !self.blocks.is_empty() {
             body["blocks"] = Value::Array(self.blocks.clone());
         }
+        crate::error::redact_json(&mut body);
         body
     }
 }
@@ -135,11 +137,13 @@ impl HttpSlackApi {
     }
 }
 
+/// The body of a `chat.postMessage` or `chat.update`, with any credential in its text hidden.
 fn message_body(channel: &str, message: &Message) -> Value {
     let mut body = json!({"channel": channel, "text": message.text});
     if !message.blocks.is_empty() {
         body["blocks"] = Value::Array(message.blocks.clone());
     }
+    crate::error::redact_json(&mut body);
     body
 }
 

@@ -18,9 +18,9 @@ use crate::config::Project;
 use crate::daemon::{self, ServeOptions};
 use crate::error::{Error, Result};
 use crate::promote::engine::{Engine, EngineOptions, PromotionRequest};
-use crate::promote::views::{environment_views, EnvironmentView, RunView};
+use crate::promote::views::{environment_views, EnvironmentView, RunSummary, RunView};
 use crate::store::records::short_hash;
-use crate::store::{RunKind, RunState, SledStore, Verification};
+use crate::store::{RunKind, RunPage, RunState, SledStore, Verification};
 
 /// How a ladder command reaches the engine.
 #[derive(Debug, Args, Clone)]
@@ -784,16 +784,12 @@ pub async fn runs(project: &Project, args: RunsArgs) -> Result<u8> {
             if let Some(env) = &args.env {
                 engine.loaded().environment(env)?;
             }
-            let mut runs: Vec<RunView> = engine
-                .store()
-                .runs()?
-                .into_iter()
-                .filter(|r| args.env.as_ref().is_none_or(|e| &r.environment == e))
-                .map(|r| RunView::of(r, None))
-                .collect();
-            runs.reverse();
-            runs.truncate(args.limit);
-            Ok(runs)
+            let wanted = |r: &RunSummary| args.env.as_ref().is_none_or(|e| &r.environment == e);
+            engine.store().run_summaries(&RunPage {
+                before: None,
+                limit: args.limit,
+                wanted: &wanted,
+            })
         }
         Backend::Remote(client) => client.runs(args.env.as_deref(), args.limit).await,
     };
@@ -817,8 +813,7 @@ pub async fn runs(project: &Project, args: RunsArgs) -> Result<u8> {
         "by",
         "state",
     ]);
-    for view in &runs {
-        let r = &view.run;
+    for r in &runs {
         table.add_row([
             r.id.clone(),
             r.environment.clone(),
@@ -826,7 +821,7 @@ pub async fn runs(project: &Project, args: RunsArgs) -> Result<u8> {
             short_hash(&r.release).to_string(),
             r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             r.requested_by.clone(),
-            r.state.describe(),
+            r.describe.clone(),
         ]);
     }
     say!("{table}");

@@ -1112,7 +1112,7 @@ impl Engine {
         self.counters.ticks.fetch_add(1, Ordering::Relaxed);
         let loaded = self.loaded();
         let _decisions = self.decisions.lock().await;
-        let runs = self.store.runs()?;
+        let runs = self.store.open_runs()?;
         let now = Utc::now();
         for env in loaded.environments.keys() {
             let holder = holder_of(&runs, env);

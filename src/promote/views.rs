@@ -4,38 +4,13 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
-use crate::store::{Event, Run, RunKind};
+use crate::error::{redact_json, Result};
+use crate::store::{Event, Run};
+
+/// A run in a listing; the store keeps one per run (see [`crate::store::Store::run_summaries`]).
+pub use crate::store::RunSummary;
 
 use super::engine::{holder_of, Engine};
-
-/// A run in a listing: enough to see where it is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunSummary {
-    /// Run id.
-    pub id: String,
-    /// Promotion or rollback.
-    pub kind: RunKind,
-    /// The release.
-    pub release: String,
-    /// State name.
-    pub state: String,
-    /// State with its details, for people.
-    pub describe: String,
-}
-
-impl RunSummary {
-    /// The summary of `run`.
-    pub fn of(run: &Run) -> RunSummary {
-        RunSummary {
-            id: run.id.clone(),
-            kind: run.kind,
-            release: run.release.clone(),
-            state: run.state.name().into(),
-            describe: run.state.describe(),
-        }
-    }
-}
 
 /// An environment with its current release and the runs concerning it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,7 +43,7 @@ pub struct EnvironmentView {
 /// Views of every environment, in ladder order.
 pub fn environment_views(engine: &Engine) -> Result<Vec<EnvironmentView>> {
     let loaded = engine.loaded();
-    let runs = engine.store().runs()?;
+    let runs = engine.store().open_runs()?;
     let mut views = Vec::new();
     for name in loaded.ladder_order() {
         let state = engine.store().environment_state(&name)?;
@@ -90,7 +65,10 @@ pub fn environment_views(engine: &Engine) -> Result<Vec<EnvironmentView>> {
             drift: engine
                 .store()
                 .mark(&crate::drift::scan::last_key(&name))?
-                .and_then(|v| serde_json::from_value(v).ok()),
+                .and_then(|mut v| {
+                    redact_json(&mut v);
+                    serde_json::from_value(v).ok()
+                }),
             name,
         });
     }
@@ -109,8 +87,14 @@ pub struct RunView {
 }
 
 impl RunView {
-    /// The view of `run`.
+    /// The view of `run`, with any credential in its text hidden (a run fresh from the engine
+    /// has not been through the store's redaction yet).
     pub fn of(run: Run, events: Option<Vec<Event>>) -> RunView {
-        RunView { run, events }
+        let view = RunView { run, events };
+        let Ok(mut document) = serde_json::to_value(&view) else {
+            return view;
+        };
+        redact_json(&mut document);
+        serde_json::from_value(document).unwrap_or(view)
     }
 }

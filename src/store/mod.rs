@@ -8,8 +8,9 @@ pub mod integrity;
 mod quiet;
 pub mod records;
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,7 @@ use integrity::{Integrity, INTEGRITY_FILE, INTEGRITY_KEY};
 
 pub use records::{
     Approval, EnvironmentState, LoadedConfig, LoadedFile, Origin, RecordedMeasurement, Release,
-    ReleaseMigration, ReleaseOnEnvironment, Run, RunKind, RunState, Transition,
+    ReleaseMigration, ReleaseOnEnvironment, Run, RunKind, RunState, RunSummary, Transition,
 };
 
 /// The on-disk format this build reads and writes. 1: events, snapshots, last successes.
@@ -88,6 +89,18 @@ pub struct LastSuccess {
     pub at: DateTime<Utc>,
 }
 
+/// One page of a run listing: newest first, only runs requested before run `before` when it
+/// is given (the cursor: the last id of the previous page), only those `wanted` keeps, at most
+/// `limit`.
+pub struct RunPage<'a> {
+    /// The id of the run the page continues after, if any.
+    pub before: Option<&'a str>,
+    /// At most this many summaries.
+    pub limit: usize,
+    /// Which runs count (an environment, the runs a caller may see).
+    pub wanted: &'a (dyn Fn(&RunSummary) -> bool + Sync),
+}
+
 /// Where sluice keeps its own records.
 pub trait Store: Send + Sync {
     /// Appends to the audit log; entries are never changed or removed.
@@ -112,6 +125,12 @@ pub trait Store: Send + Sync {
     fn run(&self, id: &str) -> Result<Option<Run>>;
     /// All runs, oldest first.
     fn runs(&self) -> Result<Vec<Run>>;
+    /// Summaries of runs for a listing, newest first (by request time, then id); an unknown
+    /// `before` is a usage error. Reads no whole run.
+    fn run_summaries(&self, page: &RunPage<'_>) -> Result<Vec<RunSummary>>;
+    /// The runs that have not ended (waiting, holding their environment or halted), oldest
+    /// first: what the environment views and the metrics need, without the finished history.
+    fn open_runs(&self) -> Result<Vec<Run>>;
     /// Records a release (idempotent: the first record of a hash is kept).
     fn put_release(&self, release: &Release) -> Result<bool>;
     /// One release by hash.
@@ -295,6 +314,62 @@ pub struct SledStore {
     integrity: Mutex<Integrity>,
     /// The generation the integrity file was last written with.
     file_generation: Mutex<u64>,
+    /// Summaries of every run and the runs that have not ended, built from the `runs` tree on
+    /// first use and kept up to date by [`Store::put_run`] (sled lets one process at a time
+    /// open the store, so nothing else writes behind its back).
+    run_index: RwLock<Option<RunIndex>>,
+}
+
+/// The in-memory listing of runs, ordered by request time then id.
+#[derive(Default)]
+struct RunIndex {
+    summaries: BTreeMap<(DateTime<Utc>, String), RunSummary>,
+    requested_at: HashMap<String, DateTime<Utc>>,
+    open: BTreeMap<(DateTime<Utc>, String), Run>,
+}
+
+impl RunIndex {
+    /// Records `run` as stored now (new or changed).
+    fn add(&mut self, run: &Run) {
+        if let Some(before) = self.requested_at.insert(run.id.clone(), run.created_at) {
+            if before != run.created_at {
+                let old = (before, run.id.clone());
+                self.summaries.remove(&old);
+                self.open.remove(&old);
+            }
+        }
+        let key = (run.created_at, run.id.clone());
+        self.summaries.insert(key.clone(), RunSummary::of(run));
+        if run.state.is_final() {
+            self.open.remove(&key);
+        } else {
+            self.open.insert(key, run.clone());
+        }
+    }
+
+    fn page(&self, page: &RunPage<'_>) -> Result<Vec<RunSummary>> {
+        let newest_first: Box<dyn Iterator<Item = &RunSummary>> = match page.before {
+            None => Box::new(self.summaries.values().rev()),
+            Some(id) => {
+                let at = self.requested_at.get(id).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "`before`: no run `{id}`; pass the id of the last run of the previous page"
+                    ))
+                })?;
+                Box::new(
+                    self.summaries
+                        .range(..(*at, id.to_string()))
+                        .rev()
+                        .map(|(_, summary)| summary),
+                )
+            }
+        };
+        Ok(newest_first
+            .filter(|summary| (page.wanted)(summary))
+            .take(page.limit)
+            .cloned()
+            .collect())
+    }
 }
 
 fn store_error(context: &str, err: impl std::fmt::Display) -> Error {
@@ -381,6 +456,7 @@ impl SledStore {
             db,
             integrity: Mutex::new(Integrity::default()),
             file_generation: Mutex::new(0),
+            run_index: RwLock::new(None),
         };
         let read = |what: &str, e: sled::Error| damaged(dir, format!("reading {what}: {e}"));
         let format = store
@@ -751,6 +827,40 @@ impl SledStore {
             )
         })?
     }
+
+    fn index_for_writing(&self) -> RwLockWriteGuard<'_, Option<RunIndex>> {
+        self.run_index
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `read` on the run index, building it from the stored runs first if needed. Runs
+    /// stored by an older sluice are redacted on the way in, like every run stored now.
+    fn with_run_index<T>(&self, read: impl FnOnce(&RunIndex) -> Result<T>) -> Result<T> {
+        {
+            let guard = self
+                .run_index
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(index) = guard.as_ref() {
+                return read(index);
+            }
+        }
+        let mut guard = self.index_for_writing();
+        if guard.is_none() {
+            let mut index = RunIndex::default();
+            for item in self.runs.iter() {
+                let (_, value) = item.map_err(|e| store_error("reading runs", e))?;
+                let run: Run = decode(&value)?;
+                index.add(&decode_document(redacted_document(&run)?)?);
+            }
+            *guard = Some(index);
+        }
+        match guard.as_ref() {
+            Some(index) => read(index),
+            None => Err(store_error("reading runs", "the run index is missing")),
+        }
+    }
 }
 
 /// A key for messages: as text when it is printable, else as hex.
@@ -856,6 +966,12 @@ impl Store for OnDemandStore {
     fn runs(&self) -> Result<Vec<Run>> {
         self.with(|s| s.runs())
     }
+    fn run_summaries(&self, page: &RunPage<'_>) -> Result<Vec<RunSummary>> {
+        self.with(|s| s.run_summaries(page))
+    }
+    fn open_runs(&self) -> Result<Vec<Run>> {
+        self.with(|s| s.open_runs())
+    }
     fn put_release(&self, release: &Release) -> Result<bool> {
         self.with(|s| s.put_release(release))
     }
@@ -950,9 +1066,22 @@ impl SledStore {
     }
 }
 
+/// A record people read back (an event, a run) as JSON with every string passed through
+/// [`crate::error::redact_urls`]: what the audit log and run views show comes from here.
+fn redacted_document<T: Serialize>(value: &T) -> Result<serde_json::Value> {
+    let mut document =
+        serde_json::to_value(value).map_err(|e| store_error("encoding a record", e))?;
+    crate::error::redact_json(&mut document);
+    Ok(document)
+}
+
+fn decode_document<T: for<'de> Deserialize<'de>>(document: serde_json::Value) -> Result<T> {
+    serde_json::from_value(document).map_err(|e| store_error("decoding a record", e))
+}
+
 impl Store for SledStore {
     fn append_event(&self, event: &Event) -> Result<()> {
-        let value = encode(event)?;
+        let value = encode(&redacted_document(event)?)?;
         self.write(true, || {
             let id = self.next_event_id()?.to_be_bytes();
             let mut changes = vec![Change::put(TreeName::Events, id.to_vec(), value.clone())];
@@ -1063,11 +1192,19 @@ impl Store for SledStore {
     }
 
     fn put_run(&self, run: &Run) -> Result<()> {
-        let value = encode(run)?;
+        let document = redacted_document(run)?;
+        let value = encode(&document)?;
+        let mut index = self.index_for_writing();
         self.write(true, || {
-            Ok(vec![Change::put(TreeName::Runs, run.id.as_bytes(), value)])
-        })
-        .map(|_| ())
+            Ok(vec![Change::put(TreeName::Runs, run.id.as_bytes(), value.clone())])
+        })?;
+        if let Some(listing) = index.as_mut() {
+            match decode_document::<Run>(document) {
+                Ok(stored) => listing.add(&stored),
+                Err(_) => *index = None,
+            }
+        }
+        Ok(())
     }
 
     fn run(&self, id: &str) -> Result<Option<Run>> {
@@ -1092,6 +1229,14 @@ impl Store for SledStore {
         })?;
         runs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(runs)
+    }
+
+    fn run_summaries(&self, page: &RunPage<'_>) -> Result<Vec<RunSummary>> {
+        self.with_run_index(|index| index.page(page))
+    }
+
+    fn open_runs(&self) -> Result<Vec<Run>> {
+        self.with_run_index(|index| Ok(index.open.values().cloned().collect()))
     }
 
     fn put_release(&self, release: &Release) -> Result<bool> {

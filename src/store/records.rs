@@ -296,6 +296,85 @@ pub struct Run {
     pub origin: Option<Origin>,
 }
 
+/// A run in a listing: where it is and why, without its transitions, measurements or events
+/// (those are in the run's own view). What `GET /v1/runs`, `sluice runs` and the environment
+/// views show, kept by the store for every run so a listing never reads whole runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Run id.
+    pub id: String,
+    /// Promotion or rollback.
+    pub kind: RunKind,
+    /// The environment it changes.
+    #[serde(default)]
+    pub environment: String,
+    /// The release.
+    pub release: String,
+    /// The release's last migration.
+    #[serde(default)]
+    pub head: Option<String>,
+    /// Where it is, in the same shape as the run's own `state` (`name` and its details).
+    pub state: RunState,
+    /// State with its details, for people.
+    pub describe: String,
+    /// Who asked.
+    #[serde(default)]
+    pub requested_by: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// When it was requested.
+    #[serde(default)]
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    #[serde(default)]
+    pub updated_at: DateTime<Utc>,
+    /// The error that ended or stopped it, if any.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The health verdict, once there is one.
+    #[serde(default)]
+    pub health: Option<HealthOutcome>,
+    /// Its number of state changes ([`Run::version`]): a client that saw this version has seen
+    /// every transition up to it.
+    #[serde(default)]
+    pub version: usize,
+    /// For a rollback run: the run whose changes it undoes.
+    #[serde(default)]
+    pub rolls_back: Option<String>,
+    /// The snapshot taken before it changed anything.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    /// What asked for it besides a person at the API or CLI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+impl RunSummary {
+    /// The summary of `run`.
+    pub fn of(run: &Run) -> RunSummary {
+        RunSummary {
+            id: run.id.clone(),
+            kind: run.kind,
+            environment: run.environment.clone(),
+            release: run.release.clone(),
+            head: run.head.clone(),
+            state: run.state.clone(),
+            describe: run.state.describe(),
+            requested_by: run.requested_by.clone(),
+            reason: run.reason.clone(),
+            created_at: run.created_at,
+            updated_at: run.updated_at,
+            error: run.error.clone(),
+            health: run.health,
+            version: run.version(),
+            rolls_back: run.rolls_back.clone(),
+            snapshot: run.snapshot.clone(),
+            origin: run.origin.clone(),
+        }
+    }
+}
+
 /// Where a run's request came from, when not the API or the CLI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "via", rename_all = "snake_case")]
