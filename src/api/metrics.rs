@@ -163,7 +163,7 @@ impl RunDurations {
             self.run
                 .get_or_create(&RunLabels {
                     environment: run.environment.clone(),
-                    kind: format!("{:?}", run.kind).to_lowercase(),
+                    kind: run.kind.to_string(),
                     state: current.state.name().to_string(),
                 })
                 .observe(seconds_between(run.created_at, current.at));
