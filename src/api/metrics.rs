@@ -20,6 +20,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::error::{Error, Result};
 use crate::promote::engine::RunListener;
 use crate::promote::views::environment_views;
+use crate::store::records::GateKind;
 use crate::store::{Run, RunState};
 
 use super::server::ApiState;
@@ -239,9 +240,9 @@ fn gauge(value: u64) -> Gauge {
     gauge
 }
 
-/// Whether a run waits for an approval (one of its closed gates is `approval:`).
+/// Whether a run waits for an approval.
 fn waits_for_approval(state: &RunState) -> bool {
-    matches!(state, RunState::Gated { waiting_for } if waiting_for.iter().any(|g| g.starts_with("approval:")))
+    state.waits_for(GateKind::Approval)
 }
 
 /// The metrics page.

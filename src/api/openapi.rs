@@ -91,6 +91,9 @@ fn schemas() -> Value {
             "name": {"type": "string", "enum": ["queued", "gated", "locked", "snapshotted", "applying",
                 "verifying", "succeeded", "rolling_back", "rolled_back", "halted", "cancelled", "rejected"]},
             "waiting_for": {"type": "array", "items": string},
+            "gates": {"type": "array", "items": {"type": "object", "required": ["kind", "text"], "properties": {
+                "kind": {"type": "string", "enum": ["upstream", "soak", "lint", "approval", "window", "concurrency"]},
+                "text": string}}},
             "index": {"type": "integer"}, "total": {"type": "integer"}, "migration": string,
             "method": string, "reason": string}},
         "Event": {"type": "object", "properties": {

@@ -25,7 +25,7 @@ use crate::config::Project;
 use crate::error::{Error, Result};
 use crate::notify::{Notification, Notifier, NotifyOptions, Sink, SinkKind};
 use crate::promote::engine::{DriftNotice, Engine, RunListener};
-use crate::store::records::short_hash;
+use crate::store::records::{short_hash, GateKind};
 use crate::store::{Origin, Run, RunState};
 
 use slack_api::{HttpSlackApi, Message, SlackApi};
@@ -345,8 +345,7 @@ async fn report(chatops: &ChatOps, run_id: &str) -> Result<()> {
         }
     }
     let key = format!("slack/approval/{}", run.id);
-    let waits_for_approval = matches!(&run.state, RunState::Gated { waiting_for }
-        if waiting_for.iter().any(|g| g.starts_with("approval:")));
+    let waits_for_approval = run.state.waits_for(GateKind::Approval);
     match store.mark(&key)? {
         None if waits_for_approval => {
             let channel = slack.approvals_channel.clone().or(match &run.origin {

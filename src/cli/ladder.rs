@@ -19,7 +19,7 @@ use crate::daemon::{self, ServeOptions};
 use crate::error::{Error, Result};
 use crate::promote::engine::{Engine, EngineOptions, PromotionRequest};
 use crate::promote::views::{environment_views, EnvironmentView, RunSummary, RunView};
-use crate::store::records::short_hash;
+use crate::store::records::{short_hash, GateKind};
 use crate::store::{RunKind, RunPage, RunState, SledStore, Verification};
 
 /// How a ladder command reaches the engine.
@@ -458,13 +458,13 @@ fn short_id(id: &str) -> &str {
 
 /// Whether a waiting run waits for an approval.
 fn waits_for_approval(state: &RunState) -> bool {
-    matches!(state, RunState::Gated { waiting_for } if waiting_for.iter().any(|g| g.starts_with("approval:")))
+    state.waits_for(GateKind::Approval)
 }
 
 /// Whether a run waits only for the environment upstream of it.
 fn waits_only_upstream(state: &RunState) -> bool {
-    matches!(state, RunState::Gated { waiting_for }
-        if !waiting_for.is_empty() && waiting_for.iter().all(|g| g.starts_with("upstream:")))
+    matches!(state, RunState::Gated { gates }
+        if !gates.is_empty() && gates.iter().all(|g| g.kind == GateKind::Upstream))
 }
 
 fn needs_person(state: &RunState) -> bool {

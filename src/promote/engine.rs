@@ -16,7 +16,7 @@ use crate::config::{Environment, Project, ENVIRONMENTS_DIR};
 use crate::error::{Error, Result};
 use crate::migrations::{discover, MigrationSet};
 use crate::policy::{Policies, POLICIES_DIR};
-use crate::store::records::short_hash;
+use crate::store::records::{short_hash, Gate, GateKind};
 use crate::store::{
     Approval, Event, LoadedConfig, LoadedFile, Origin, Release, Run, RunKind, RunState, Store,
     Transition,
@@ -1040,7 +1040,10 @@ impl Engine {
             now,
         })
         .into_iter()
-        .map(|g| g.replace("sluice approve (plan)", "sluice approve <run>"))
+        .map(|g| {
+            g.sentence()
+                .replace("sluice approve (plan)", "sluice approve <run>")
+        })
         .collect();
         Ok(PlanView {
             lint,
@@ -1147,22 +1150,14 @@ impl Engine {
                     break;
                 }
                 let changed = match &run.state {
-                    RunState::Gated { waiting_for } => {
-                        gate_kinds(waiting_for) != gate_kinds(&closed)
-                    }
+                    RunState::Gated { gates } => gate_kinds(gates) != gate_kinds(&closed),
                     _ => true,
                 };
                 if changed {
-                    self.transition(
-                        &mut run,
-                        RunState::Gated {
-                            waiting_for: closed,
-                        },
-                        MACHINE_ACTOR,
-                    )?;
-                } else if let RunState::Gated { waiting_for } = &mut run.state {
-                    if *waiting_for != closed {
-                        *waiting_for = closed;
+                    self.transition(&mut run, RunState::Gated { gates: closed }, MACHINE_ACTOR)?;
+                } else if let RunState::Gated { gates } = &mut run.state {
+                    if *gates != closed {
+                        *gates = closed;
                         self.save(&run)?;
                     }
                 }
@@ -1353,9 +1348,6 @@ pub fn holder_of<'a>(runs: &'a [Run], environment: &str) -> Option<&'a Run> {
 
 /// The gate kinds of a list of closed gates (`soak`, `approval`, …): a change of kind is a
 /// transition worth recording; a change of only the numbers is not.
-fn gate_kinds(gates: &[String]) -> Vec<&str> {
-    gates
-        .iter()
-        .map(|g| g.split(':').next().unwrap_or(g.as_str()))
-        .collect()
+fn gate_kinds(gates: &[Gate]) -> Vec<GateKind> {
+    gates.iter().map(|g| g.kind).collect()
 }

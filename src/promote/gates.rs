@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::migrations::lint::LintReport;
 use crate::policy::{window_verdict, Policy, WindowVerdict};
 use crate::store::records::short_hash;
+use crate::store::records::{Gate, GateKind};
 use crate::store::{Approval, EnvironmentState, Release, Run};
 
 /// What the gates look at for one waiting run.
@@ -50,8 +51,8 @@ pub fn valid_approvals(policy: &Policy, run: &Run, now: DateTime<Utc>) -> usize 
     people.len()
 }
 
-/// One sentence per closed gate; empty when the run may go.
-pub fn closed_gates(input: &GateInput<'_>) -> Vec<String> {
+/// Every closed gate, typed, with its sentence; empty when the run may go.
+pub fn closed_gates(input: &GateInput<'_>) -> Vec<Gate> {
     let mut closed = Vec::new();
     let policy = input.policy;
     let short = input.release.short();
@@ -64,25 +65,32 @@ pub fn closed_gates(input: &GateInput<'_>) -> Vec<String> {
                 let soak = chrono::Duration::from_std(policy.soak).unwrap_or(chrono::Duration::MAX);
                 let soaked = input.now - since;
                 if soaked < soak {
-                    closed.push(format!(
-                        "soak: `{from}` has been healthy on release {short} for {}s of {}s (opens at {})",
+                    closed.push(Gate::new(
+                        GateKind::Soak,
+                        format!(
+                        "`{from}` has been healthy on release {short} for {}s of {}s (opens at {})",
                         soaked.num_seconds().max(0),
                         policy.soak.as_secs(),
                         (since + soak).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
                     ));
                 }
             }
-            Some((state, _)) => closed.push(format!(
-                "upstream: waiting for `{from}` to be healthy on release {short} ({})",
-                match state.release.as_deref() {
-                    Some(hash) if !state.healthy =>
-                        format!("it is on {} and not healthy", short_hash(hash)),
-                    Some(hash) => format!("it is on {}", short_hash(hash)),
-                    None => "it has no release from sluice yet".to_string(),
-                }
+            Some((state, _)) => closed.push(Gate::new(
+                GateKind::Upstream,
+                format!(
+                    "waiting for `{from}` to be healthy on release {short} ({})",
+                    match state.release.as_deref() {
+                        Some(hash) if !state.healthy =>
+                            format!("it is on {} and not healthy", short_hash(hash)),
+                        Some(hash) => format!("it is on {}", short_hash(hash)),
+                        None => "it has no release from sluice yet".to_string(),
+                    }
+                ),
             )),
-            None => closed.push(format!(
-                "upstream: waiting for `{from}` to be healthy on release {short}"
+            None => closed.push(Gate::new(
+                GateKind::Upstream,
+                format!("waiting for `{from}` to be healthy on release {short}"),
             )),
         }
     }
@@ -101,10 +109,10 @@ pub fn closed_gates(input: &GateInput<'_>) -> Vec<String> {
     };
     let blocked = findings(&policy.lint.block);
     if !blocked.is_empty() {
-        closed.push(format!(
-            "lint: the policy blocks {}; change the migration, silence the finding in it with a reason (`-- sluice:allow <rule> -- <why>`), or cancel the run",
+        closed.push(Gate::new(GateKind::Lint, format!(
+            "the policy blocks {}; change the migration, silence the finding in it with a reason (`-- sluice:allow <rule> -- <why>`), or cancel the run",
             blocked.join(", ")
-        ));
+        )));
     }
     let needs_approval = findings(&policy.lint.require_approval);
     let mut required = policy.approvals.required as usize;
@@ -127,21 +135,24 @@ pub fn closed_gates(input: &GateInput<'_>) -> Vec<String> {
                     needs_approval.join(", ")
                 )
             };
-            closed.push(format!(
-                "approval: {have} of {required} approvals (approvers: {who}){because}; approve with `sluice approve {}`",
+            closed.push(Gate::new(GateKind::Approval, format!(
+                "{have} of {required} approvals (approvers: {who}){because}; approve with `sluice approve {}`",
                 input.run.id
-            ));
+            )));
         }
     }
     if let WindowVerdict::Closed { reason, .. } = window_verdict(&policy.windows, input.now) {
-        closed.push(format!("window: {reason}"));
+        closed.push(Gate::new(GateKind::Window, reason));
     }
     if let Some(ahead) = input.ahead {
-        closed.push(format!(
-            "concurrency: run {} is {} on `{}`",
-            ahead.id,
-            ahead.state.describe(),
-            ahead.environment
+        closed.push(Gate::new(
+            GateKind::Concurrency,
+            format!(
+                "run {} is {} on `{}`",
+                ahead.id,
+                ahead.state.describe(),
+                ahead.environment
+            ),
         ));
     }
     closed
@@ -226,7 +237,7 @@ mod tests {
         rel: &Release,
         up: Option<(&EnvironmentState, Option<&Release>)>,
         now: DateTime<Utc>,
-    ) -> Vec<String> {
+    ) -> Vec<Gate> {
         closed_gates(&GateInput {
             policy,
             run,
@@ -248,7 +259,7 @@ mod tests {
         let up = upstream(&rel, since, true);
         let closed = gates(&p, &r, &rel, Some((&up, Some(&rel))), now);
         assert_eq!(closed.len(), 1, "{closed:?}");
-        assert!(closed[0].starts_with("soak: `staging` has been healthy on release hash-a-b for 240s of 600s (opens at 2026-11-22T12:06:00Z)"), "{closed:?}");
+        assert!(closed[0].sentence().starts_with("soak: `staging` has been healthy on release hash-a-b for 240s of 600s (opens at 2026-11-22T12:06:00Z)"), "{closed:?}");
         assert!(gates(
             &p,
             &r,
@@ -277,7 +288,8 @@ mod tests {
             now + chrono::Duration::hours(1),
         );
         assert!(
-            closed[0].starts_with("upstream:") && closed[0].contains("not healthy"),
+            closed[0].sentence().starts_with("upstream:")
+                && closed[0].sentence().contains("not healthy"),
             "{closed:?}"
         );
         // An upstream on an older release holds the run.
@@ -291,7 +303,9 @@ mod tests {
             now + chrono::Duration::hours(1),
         );
         assert!(
-            closed[0].starts_with("upstream: waiting for `staging`"),
+            closed[0]
+                .sentence()
+                .starts_with("upstream: waiting for `staging`"),
             "{closed:?}"
         );
     }
@@ -315,7 +329,9 @@ mod tests {
             let closed = gates(&p, &not_counted, &rel, None, now);
             assert_eq!(closed.len(), 1, "{:?}", not_counted.approvals);
             assert!(
-                closed[0].starts_with("approval: 0 of 1 approvals (approvers: alice, bob)"),
+                closed[0]
+                    .sentence()
+                    .starts_with("approval: 0 of 1 approvals (approvers: alice, bob)"),
                 "{closed:?}"
             );
         }
@@ -331,7 +347,7 @@ mod tests {
         let closed = gates(&p, &run("ci", &[]), &rel, None, inside);
         assert_eq!(closed.len(), 1);
         assert!(
-            closed[0].starts_with("window:") && closed[0].contains("freeze"),
+            closed[0].sentence().starts_with("window:") && closed[0].sentence().contains("freeze"),
             "{closed:?}"
         );
         let outside = Utc.with_ymd_and_hms(2026, 11, 22, 13, 30, 0).unwrap();
@@ -348,7 +364,10 @@ mod tests {
             lint: None,
             now: outside,
         });
-        assert_eq!(closed, ["concurrency: run run-0 is verifying on `prod`"]);
+        assert_eq!(
+            closed.iter().map(Gate::sentence).collect::<Vec<_>>(),
+            ["concurrency: run run-0 is verifying on `prod`"]
+        );
     }
 
     #[test]
@@ -376,7 +395,9 @@ mod tests {
         let closed = check(&drop_table, &[]);
         assert_eq!(closed.len(), 1, "{closed:?}");
         assert!(
-            closed[0].starts_with("lint: the policy blocks drop-table at b:1"),
+            closed[0]
+                .sentence()
+                .starts_with("lint: the policy blocks drop-table at b:1"),
             "{closed:?}"
         );
         assert_eq!(
@@ -389,11 +410,15 @@ mod tests {
         let closed = check(&drop_column, &[]);
         assert_eq!(closed.len(), 1, "{closed:?}");
         assert!(
-            closed[0].starts_with("approval: 0 of 1 approvals"),
+            closed[0]
+                .sentence()
+                .starts_with("approval: 0 of 1 approvals"),
             "{closed:?}"
         );
         assert!(
-            closed[0].contains("lint findings drop-column at b:1"),
+            closed[0]
+                .sentence()
+                .contains("lint findings drop-column at b:1"),
             "{closed:?}"
         );
         assert!(check(&drop_column, &[("alice", now)]).is_empty());

@@ -15,7 +15,7 @@ use crate::health::{self, HealthOutcome, Measurement};
 use crate::migrations::classify::TxMode;
 use crate::policy::{DriftRule, FailureAction, InconclusiveAction, Policy, RollbackMethod};
 use crate::snapshot::{self, Quiet};
-use crate::store::records::short_hash;
+use crate::store::records::{method_name, short_hash};
 use crate::store::{
     EnvironmentState, RecordedMeasurement, Release, ReleaseOnEnvironment, Run, RunKind, RunState,
 };
@@ -47,7 +47,7 @@ pub async fn drive(engine: &Arc<Engine>, run_id: &str) -> Result<()> {
                 }
             }
             RunState::RollingBack { method, reason } => {
-                rolling_back(engine, &loaded, &mut run, &method, &reason).await?
+                rolling_back(engine, &loaded, &mut run, method, &reason).await?
             }
             _ => return Ok(()),
         }
@@ -514,33 +514,26 @@ fn ladder(policy: &Policy, requested: bool) -> Option<Vec<RollbackMethod>> {
     }
 }
 
-fn method_name(method: &RollbackMethod) -> &'static str {
-    match method {
-        RollbackMethod::Down => "down",
-        RollbackMethod::Snapshot => "snapshot",
-    }
-}
-
 /// The first method of the ladder that can undo `applied`, starting after `after` if given.
 pub(crate) fn choose_method_from(
     loaded: &Loaded,
     methods: &[RollbackMethod],
     run: &Run,
     applied: &[String],
-    after: Option<&str>,
-) -> std::result::Result<String, String> {
+    after: Option<RollbackMethod>,
+) -> std::result::Result<RollbackMethod, String> {
     let start = after
-        .and_then(|a| methods.iter().position(|m| method_name(m) == a))
+        .and_then(|a| methods.iter().position(|m| *m == a))
         .map_or(0, |i| i + 1);
     let mut why_not = Vec::new();
     for method in &methods[start.min(methods.len())..] {
         match method {
             RollbackMethod::Down => match revert::down_scripts_problem(&loaded.set, applied) {
-                None => return Ok("down".into()),
+                None => return Ok(RollbackMethod::Down),
                 Some(problem) => why_not.push(format!("down: {problem}")),
             },
             RollbackMethod::Snapshot => match &run.snapshot {
-                Some(_) => return Ok("snapshot".into()),
+                Some(_) => return Ok(RollbackMethod::Snapshot),
                 None => why_not.push("snapshot: no snapshot was taken before the run".into()),
             },
         }
@@ -558,7 +551,7 @@ pub(crate) fn choose_method(
     policy: &Policy,
     run: &Run,
     applied: &[String],
-) -> std::result::Result<String, String> {
+) -> std::result::Result<RollbackMethod, String> {
     let methods = ladder(policy, true).unwrap_or_default();
     choose_method_from(loaded, &methods, run, applied, None)
 }
@@ -594,12 +587,12 @@ async fn rolling_back(
     engine: &Arc<Engine>,
     loaded: &Loaded,
     run: &mut Run,
-    method: &str,
+    method: RollbackMethod,
     reason: &str,
 ) -> Result<()> {
     let env = environment(loaded, run)?.clone();
     let note = format!("rolled back by sluice run {}: {reason}", run.id);
-    if method == "snapshot" {
+    if method == RollbackMethod::Snapshot {
         if let Ok(found) = footprint(&env, loaded, run).await {
             if !found.foreign.is_empty() {
                 return halt(
@@ -622,7 +615,7 @@ async fn rolling_back(
     }
     let mut preserved = None;
     let outcome: Result<()> = match method {
-        "down" => {
+        RollbackMethod::Down => {
             async {
                 let mut target = target::connect(&env).await?;
                 let ctx = Context::new(&env, &loaded.set, target.as_ref())?;
@@ -633,7 +626,7 @@ async fn rolling_back(
             }
             .await
         }
-        "snapshot" => {
+        RollbackMethod::Snapshot => {
             async {
                 let Some(name) = run.snapshot.clone() else {
                     return Err(Error::Snapshot(
@@ -659,7 +652,6 @@ async fn rolling_back(
             }
             .await
         }
-        other => Err(Error::Usage(format!("unknown rollback method `{other}`"))),
     };
     if let Err(err) = outcome {
         engine.event(
@@ -668,7 +660,7 @@ async fn rolling_back(
             &run.environment,
             Some(&run.id),
             Some(reason),
-            json!({"method": method, "error": err.to_string()}),
+            json!({"method": method_name(method), "error": err.to_string()}),
         )?;
         let policy = loaded.policies.for_env(&run.environment);
         let methods = ladder(&policy, run.kind == RunKind::Rollback).unwrap_or_default();
@@ -677,7 +669,10 @@ async fn rolling_back(
                 run,
                 RunState::RollingBack {
                     method: next,
-                    reason: format!("{reason}; rollback by {method} failed: {err}"),
+                    reason: format!(
+                        "{reason}; rollback by {} failed: {err}",
+                        method_name(method)
+                    ),
                 },
                 MACHINE_ACTOR,
             ),
@@ -685,8 +680,9 @@ async fn rolling_back(
                 engine,
                 run,
                 format!(
-                    "{reason}; rolling back by {method} failed: {err}. `{}` needs a person: check it, \
+                    "{reason}; rolling back by {} failed: {err}. `{}` needs a person: check it, \
                      then resume the run or restore by hand",
+                    method_name(method),
                     run.environment
                 ),
             ),
@@ -713,7 +709,7 @@ async fn rolling_back(
     engine.transition(
         run,
         RunState::RolledBack {
-            method: method.into(),
+            method,
             reason: outcome,
         },
         MACHINE_ACTOR,

@@ -1196,7 +1196,11 @@ impl Store for SledStore {
         let value = encode(&document)?;
         let mut index = self.index_for_writing();
         self.write(true, || {
-            Ok(vec![Change::put(TreeName::Runs, run.id.as_bytes(), value.clone())])
+            Ok(vec![Change::put(
+                TreeName::Runs,
+                run.id.as_bytes(),
+                value.clone(),
+            )])
         })?;
         if let Some(listing) = index.as_mut() {
             match decode_document::<Run>(document) {

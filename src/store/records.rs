@@ -91,16 +91,129 @@ impl std::fmt::Display for RunKind {
     }
 }
 
+/// What kind of gate holds a run: decides what the run waits for (a person, time, another
+/// environment) wherever that matters, so no behaviour hangs on the wording of a sentence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateKind {
+    /// The environment feeding this one is not healthy on the release yet.
+    Upstream,
+    /// The release has not been healthy upstream for the policy's soak time yet.
+    Soak,
+    /// The policy blocks a lint finding of the migrations the run brings.
+    Lint,
+    /// Approvals are missing.
+    Approval,
+    /// A deploy window is closed.
+    Window,
+    /// Another run holds the environment or waits ahead of this one.
+    Concurrency,
+}
+
+impl GateKind {
+    /// The kind as shown and stored (`approval`, `soak`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            GateKind::Upstream => "upstream",
+            GateKind::Soak => "soak",
+            GateKind::Lint => "lint",
+            GateKind::Approval => "approval",
+            GateKind::Window => "window",
+            GateKind::Concurrency => "concurrency",
+        }
+    }
+
+    /// Every kind, for records written before gates were typed (see [`Gate::from_sentence`]).
+    const ALL: [GateKind; 6] = [
+        GateKind::Upstream,
+        GateKind::Soak,
+        GateKind::Lint,
+        GateKind::Approval,
+        GateKind::Window,
+        GateKind::Concurrency,
+    ];
+}
+
+/// One closed gate: its kind, and what it waits for in words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gate {
+    /// What kind of gate.
+    pub kind: GateKind,
+    /// What it waits for, for people (without the kind).
+    pub text: String,
+}
+
+impl Gate {
+    /// A gate of `kind` saying `text`.
+    pub fn new(kind: GateKind, text: impl Into<String>) -> Gate {
+        Gate {
+            kind,
+            text: text.into(),
+        }
+    }
+
+    /// `kind: text`, the sentence people read (and what `waiting_for` lists).
+    pub fn sentence(&self) -> String {
+        format!("{}: {}", self.kind.name(), self.text)
+    }
+
+    /// A gate from a sentence of a store written before format 4, when gates were stored as
+    /// text alone; used once, by the format migration, never to decide anything afterwards.
+    pub fn from_sentence(sentence: &str) -> Gate {
+        let (head, rest) = sentence.split_once(':').unwrap_or(("", sentence));
+        let kind = GateKind::ALL
+            .into_iter()
+            .find(|k| k.name() == head.trim())
+            .unwrap_or(GateKind::Concurrency);
+        Gate::new(kind, rest.trim())
+    }
+}
+
+/// How a rollback undoes a run (the policy's rung), stored as `down` or `snapshot`.
+pub use crate::policy::RollbackMethod;
+
+/// The name a rollback method is stored and shown under.
+pub fn method_name(method: RollbackMethod) -> &'static str {
+    match method {
+        RollbackMethod::Down => "down",
+        RollbackMethod::Snapshot => "snapshot",
+    }
+}
+
+mod method_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{method_name, RollbackMethod};
+
+    pub fn serialize<S: Serializer>(method: &RollbackMethod, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(method_name(*method))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<RollbackMethod, D::Error> {
+        let name = String::deserialize(d)?;
+        match name.as_str() {
+            "down" => Ok(RollbackMethod::Down),
+            "snapshot" => Ok(RollbackMethod::Snapshot),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown rollback method `{other}` (down or snapshot)"
+            ))),
+        }
+    }
+}
+
 /// Where a run is. Every change is written to the store before the action it announces.
+///
+/// Stored (and shown by the API) as [`StoredState`]: a gated run lists its gates both typed
+/// (`gates`) and as the sentences people read (`waiting_for`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "snake_case")]
+#[serde(into = "StoredState", from = "StoredState")]
 pub enum RunState {
     /// Recorded; its gates have not been looked at yet.
     Queued,
-    /// Held by gates (soak, approvals, a window, another run), each saying what it waits for.
+    /// Held by gates (soak, approvals, a window, another run).
     Gated {
-        /// One sentence per closed gate.
-        waiting_for: Vec<String>,
+        /// Each closed gate.
+        gates: Vec<Gate>,
     },
     /// The environment is reserved for this run; next it takes the snapshot.
     Locked,
@@ -121,15 +234,15 @@ pub enum RunState {
     Succeeded,
     /// Putting the environment back.
     RollingBack {
-        /// `down` or `snapshot`.
-        method: String,
+        /// The rung of the ladder in use.
+        method: RollbackMethod,
         /// Why.
         reason: String,
     },
     /// Back on the previous release.
     RolledBack {
         /// How it was put back.
-        method: String,
+        method: RollbackMethod,
         /// Why.
         reason: String,
     },
@@ -150,7 +263,138 @@ pub enum RunState {
     },
 }
 
+/// A run state as the store keeps it and the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum StoredState {
+    /// See [`RunState::Queued`].
+    Queued,
+    /// See [`RunState::Gated`].
+    Gated {
+        /// The gates' sentences, as people read them.
+        waiting_for: Vec<String>,
+        /// The gates, typed (absent in stores written before format 4).
+        #[serde(default)]
+        gates: Vec<Gate>,
+    },
+    /// See [`RunState::Locked`].
+    Locked,
+    /// See [`RunState::Snapshotted`].
+    Snapshotted,
+    /// See [`RunState::Applying`].
+    Applying {
+        /// 1-based position.
+        index: usize,
+        /// Migrations in the run.
+        total: usize,
+        /// Its name.
+        migration: String,
+    },
+    /// See [`RunState::Verifying`].
+    Verifying,
+    /// See [`RunState::Succeeded`].
+    Succeeded,
+    /// See [`RunState::RollingBack`].
+    RollingBack {
+        /// The method.
+        #[serde(with = "method_serde")]
+        method: RollbackMethod,
+        /// Why.
+        reason: String,
+    },
+    /// See [`RunState::RolledBack`].
+    RolledBack {
+        /// The method.
+        #[serde(with = "method_serde")]
+        method: RollbackMethod,
+        /// Why.
+        reason: String,
+    },
+    /// See [`RunState::Halted`].
+    Halted {
+        /// Why.
+        reason: String,
+    },
+    /// See [`RunState::Cancelled`].
+    Cancelled {
+        /// Why.
+        reason: String,
+    },
+    /// See [`RunState::Rejected`].
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<RunState> for StoredState {
+    fn from(state: RunState) -> StoredState {
+        match state {
+            RunState::Queued => StoredState::Queued,
+            RunState::Gated { gates } => StoredState::Gated {
+                waiting_for: gates.iter().map(Gate::sentence).collect(),
+                gates,
+            },
+            RunState::Locked => StoredState::Locked,
+            RunState::Snapshotted => StoredState::Snapshotted,
+            RunState::Applying {
+                index,
+                total,
+                migration,
+            } => StoredState::Applying {
+                index,
+                total,
+                migration,
+            },
+            RunState::Verifying => StoredState::Verifying,
+            RunState::Succeeded => StoredState::Succeeded,
+            RunState::RollingBack { method, reason } => StoredState::RollingBack { method, reason },
+            RunState::RolledBack { method, reason } => StoredState::RolledBack { method, reason },
+            RunState::Halted { reason } => StoredState::Halted { reason },
+            RunState::Cancelled { reason } => StoredState::Cancelled { reason },
+            RunState::Rejected { reason } => StoredState::Rejected { reason },
+        }
+    }
+}
+
+impl From<StoredState> for RunState {
+    fn from(state: StoredState) -> RunState {
+        match state {
+            StoredState::Queued => RunState::Queued,
+            // A record from before format 4 has only the sentences; the migration passes
+            // through here once to type them.
+            StoredState::Gated { waiting_for, gates } if gates.is_empty() => RunState::Gated {
+                gates: waiting_for.iter().map(|s| Gate::from_sentence(s)).collect(),
+            },
+            StoredState::Gated { gates, .. } => RunState::Gated { gates },
+            StoredState::Locked => RunState::Locked,
+            StoredState::Snapshotted => RunState::Snapshotted,
+            StoredState::Applying {
+                index,
+                total,
+                migration,
+            } => RunState::Applying {
+                index,
+                total,
+                migration,
+            },
+            StoredState::Verifying => RunState::Verifying,
+            StoredState::Succeeded => RunState::Succeeded,
+            StoredState::RollingBack { method, reason } => RunState::RollingBack { method, reason },
+            StoredState::RolledBack { method, reason } => RunState::RolledBack { method, reason },
+            StoredState::Halted { reason } => RunState::Halted { reason },
+            StoredState::Cancelled { reason } => RunState::Cancelled { reason },
+            StoredState::Rejected { reason } => RunState::Rejected { reason },
+        }
+    }
+}
+
 impl RunState {
+    /// Whether the run is gated and one of its gates is of `kind`.
+    pub fn waits_for(&self, kind: GateKind) -> bool {
+        matches!(self, RunState::Gated { gates } if gates.iter().any(|g| g.kind == kind))
+    }
+
     /// The state's name as stored and shown (`queued`, `applying`, …).
     pub fn name(&self) -> &'static str {
         match self {
@@ -194,17 +438,24 @@ impl RunState {
     /// One line for people: the state and its details.
     pub fn describe(&self) -> String {
         match self {
-            RunState::Gated { waiting_for } => format!("gated: {}", waiting_for.join("; ")),
+            RunState::Gated { gates } => format!(
+                "gated: {}",
+                gates
+                    .iter()
+                    .map(Gate::sentence)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
             RunState::Applying {
                 index,
                 total,
                 migration,
             } => format!("applying {index}/{total}: {migration}"),
             RunState::RollingBack { method, reason } => {
-                format!("rolling back ({method}): {reason}")
+                format!("rolling back ({}): {reason}", method_name(*method))
             }
             RunState::RolledBack { method, reason } => {
-                format!("rolled back ({method}): {reason}")
+                format!("rolled back ({}): {reason}", method_name(*method))
             }
             RunState::Halted { reason } => format!("halted: {reason}"),
             RunState::Cancelled { reason } => format!("cancelled: {reason}"),
