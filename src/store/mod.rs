@@ -29,8 +29,13 @@ pub use records::{
 /// gains it empty.) 3: an integrity record (records per tree, a checksum, a write generation)
 /// written in the same transaction as every change, mirrored after each flush in
 /// `sluice-integrity.json` beside sled's files (see [`integrity`]); a format 2 store gains
-/// both on open.
-pub const FORMAT_VERSION: u32 = 3;
+/// both on open. 4: a gated run's gates are typed (`{kind, text}` beside the sentences) and a
+/// rollback's method is one of the policy's rungs; a format 3 store's runs are rewritten on open,
+/// in the same transaction as the new format key.
+pub const FORMAT_VERSION: u32 = 4;
+
+/// The first format whose run records carry typed gates.
+const TYPED_GATES_SINCE: u32 = 4;
 
 /// The first format that keeps an integrity record: a store of this format without one has
 /// lost it.
@@ -590,13 +595,17 @@ impl SledStore {
         let generation = current.generation;
         self.set_integrity(current);
         if version != FORMAT_VERSION || !has_record {
-            self.write(true, || {
-                Ok(vec![Change::put(
-                    TreeName::Meta,
-                    FORMAT_KEY,
-                    FORMAT_VERSION.to_be_bytes().to_vec(),
-                )])
-            })?;
+            let mut changes = if version < TYPED_GATES_SINCE && !fresh {
+                self.runs_with_typed_gates()?
+            } else {
+                Vec::new()
+            };
+            changes.push(Change::put(
+                TreeName::Meta,
+                FORMAT_KEY,
+                FORMAT_VERSION.to_be_bytes().to_vec(),
+            ));
+            self.write(true, || Ok(changes))?;
         } else if on_file.is_none_or(|written| written < generation) {
             self.write_integrity_file()?;
         } else if let (Some(written), Ok(mut mine)) = (on_file, self.file_generation.lock()) {
@@ -683,6 +692,23 @@ impl SledStore {
     /// Format 1 events kept their run id only inside `detail`; format 2 gives every event its
     /// run id and indexes events by run. Runs before the integrity record exists, so it writes
     /// sled directly; the caller counts the result afterwards.
+    /// Every run record rewritten in format 4: decoding reads a format 3 gate's kind from its
+    /// sentence (once, here) and encoding stores it typed.
+    fn runs_with_typed_gates(&self) -> Result<Vec<Change>> {
+        let mut changes = Vec::new();
+        for item in self.runs.iter() {
+            let (key, value) = item.map_err(|e| store_error("reading runs", e))?;
+            let run: Run = decode(&value)?;
+            let document = redacted_document(&run)?;
+            changes.push(Change::put(
+                TreeName::Runs,
+                key.to_vec(),
+                encode(&document)?,
+            ));
+        }
+        Ok(changes)
+    }
+
     fn migrate_1_to_2(&self) -> Result<()> {
         for item in self.events.iter() {
             let (key, value) = item.map_err(|e| store_error("reading events", e))?;
@@ -1584,6 +1610,113 @@ mod tests {
         store.put_run(&run).unwrap();
         assert_eq!(store.run("r1").unwrap().unwrap(), run);
         assert_eq!(store.runs().unwrap().len(), 1);
+    }
+
+    /// A run record as format 3 wrote it: gates as sentences only, the method as text.
+    fn format_3_run(id: &str, state: serde_json::Value) -> Vec<u8> {
+        let run = Run {
+            id: id.into(),
+            kind: RunKind::Promotion,
+            environment: "prod".into(),
+            release: "abc".into(),
+            head: Some("m1".into()),
+            previous_release: None,
+            requested_by: "alice".into(),
+            reason: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            state: RunState::Queued,
+            transitions: vec![],
+            plan: vec!["m1".into()],
+            applied: vec![],
+            snapshot: Some("s".into()),
+            approvals: vec![],
+            measurements: vec![],
+            health: None,
+            error: None,
+            rolls_back: None,
+            origin: None,
+        };
+        let mut document = serde_json::to_value(&run).unwrap();
+        document["state"] = state.clone();
+        let mut transition = state;
+        transition["at"] = "2026-01-01T00:00:00Z".into();
+        transition["actor"] = "sluice".into();
+        document["transitions"] = serde_json::json!([transition]);
+        serde_json::to_vec(&document).unwrap()
+    }
+
+    #[test]
+    fn a_format_3_store_has_its_gates_and_rollback_methods_typed_on_open() {
+        use records::{Gate, GateKind, RollbackMethod};
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // Written the way format 3 wrote it, with its integrity record and file.
+            let store = SledStore::open(dir.path()).unwrap();
+            let gated = serde_json::json!({"name": "gated", "waiting_for": [
+                "approval: 0 of 1 approvals (approvers: alice); approve with `sluice approve r1`",
+                "window: closed until 09:00 Europe/Berlin"]});
+            let rolled = serde_json::json!({"name": "rolled_back", "method": "snapshot",
+                "reason": "health failed"});
+            store.runs.insert("r1", format_3_run("r1", gated)).unwrap();
+            store.runs.insert("r2", format_3_run("r2", rolled)).unwrap();
+            store.meta.insert(FORMAT_KEY, &3u32.to_be_bytes()).unwrap();
+            let account = Integrity {
+                generation: 7,
+                ..store.scan().unwrap()
+            };
+            store
+                .meta
+                .insert(INTEGRITY_KEY, serde_json::to_vec(&account).unwrap())
+                .unwrap();
+            store.set_integrity(account.clone());
+            store.flush().unwrap();
+            integrity::write_file(dir.path(), 3, &account).unwrap();
+        }
+        let store = reopen(dir.path());
+        assert_eq!(store.format_version().unwrap(), 4);
+        let gated = store.run("r1").unwrap().unwrap();
+        let expected = RunState::Gated {
+            gates: vec![
+                Gate::new(
+                    GateKind::Approval,
+                    "0 of 1 approvals (approvers: alice); approve with `sluice approve r1`",
+                ),
+                Gate::new(GateKind::Window, "closed until 09:00 Europe/Berlin"),
+            ],
+        };
+        assert_eq!(gated.state, expected);
+        assert_eq!(gated.transitions[0].state, expected);
+        assert!(gated.state.waits_for(GateKind::Approval));
+        // Rewritten: the record itself now carries the typed gates beside the sentences.
+        let raw: serde_json::Value =
+            serde_json::from_slice(&store.runs.get("r1").unwrap().unwrap()).unwrap();
+        assert_eq!(raw["state"]["gates"][1]["kind"], "window");
+        assert_eq!(
+            raw["state"]["waiting_for"][1],
+            "window: closed until 09:00 Europe/Berlin"
+        );
+        assert!(matches!(
+            store.run("r2").unwrap().unwrap().state,
+            RunState::RolledBack {
+                method: RollbackMethod::Snapshot,
+                ..
+            }
+        ));
+        drop(store);
+        // The rewrite went through the integrity record: the store opens clean again.
+        let again = reopen(dir.path());
+        assert_eq!(again.runs().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_record_with_an_unknown_rollback_method_does_not_decode() {
+        let record = format_3_run(
+            "r3",
+            serde_json::json!({"name": "rolling_back", "method": "prayer", "reason": "x"}),
+        );
+        let err = decode::<Run>(&record).unwrap_err().to_string();
+        assert!(err.contains("unknown rollback method `prayer`"), "{err}");
     }
 
     fn event(run: &str, action: &str) -> Event {
