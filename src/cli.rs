@@ -332,7 +332,8 @@ fn exit_code_of(err: &Error) -> u8 {
         | Error::Migration(_)
         | Error::ChangedUnderUs(_)
         | Error::Lock(_)
-        | Error::Conflict(_) => 1,
+        | Error::Conflict(_)
+        | Error::IllegalMove(_) => 1,
         _ => 2,
     }
 }

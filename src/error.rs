@@ -6,6 +6,19 @@ use std::fmt;
 /// Result alias used across the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A move the run machine's table does not allow: the run stays as it was. Typed, so callers
+/// decide by it and not by its wording.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("run {run} cannot go from `{from}` to `{to}`; nothing was recorded")]
+pub struct IllegalMove {
+    /// The run.
+    pub run: String,
+    /// The state it is in.
+    pub from: &'static str,
+    /// The state asked for.
+    pub to: &'static str,
+}
+
 /// Everything that can stop a sluice command. Each variant carries a message ready for a user;
 /// its display passes through [`redact_urls`], so no password that slipped into one (a driver
 /// message quoting a malformed URL, say) is ever printed, logged or answered.
@@ -50,6 +63,10 @@ pub enum Error {
     /// The request conflicts with what is happening (a run in the wrong state, a duplicate).
     #[error("{}", redact_urls(.0))]
     Conflict(String),
+    /// A run was asked to make a move the run machine's table does not allow (see
+    /// `promote::table`); nothing was recorded.
+    #[error(transparent)]
+    IllegalMove(#[from] IllegalMove),
     /// A rule forbids the request for this caller (self-approval, not an allowed approver).
     #[error("{}", redact_urls(.0))]
     Refused(String),

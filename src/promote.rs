@@ -6,8 +6,11 @@
 
 pub mod engine;
 pub mod gates;
+pub mod journal;
+pub mod loaded;
 pub mod machine;
 pub mod pruner;
+pub mod table;
 pub mod views;
 
 use chrono::Utc;

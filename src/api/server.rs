@@ -126,7 +126,7 @@ impl From<Error> for ApiError {
     fn from(err: Error) -> ApiError {
         let (status, code) = match &err {
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            Error::Conflict(_) | Error::Guard(_) | Error::Lock(_) => {
+            Error::Conflict(_) | Error::IllegalMove(_) | Error::Guard(_) | Error::Lock(_) => {
                 (StatusCode::CONFLICT, "conflict")
             }
             Error::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
