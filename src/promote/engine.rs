@@ -17,13 +17,13 @@ use crate::error::{Error, Result};
 use crate::migrations::discover;
 use crate::store::records::{short_hash, Gate, GateKind};
 use crate::store::{
-    Approval, Event, LoadedConfig, Origin, Release, Run, RunKind, RunState, Store,
-    Transition,
+    Approval, Event, LoadedConfig, Origin, Release, Run, RunKind, RunState, Store, Transition,
 };
 
 pub use super::loaded::{Loaded, MACHINE_ACTOR};
 
 use super::gates::{closed_gates, GateInput};
+use super::journal::Journal;
 use super::machine;
 use super::table;
 
@@ -1110,7 +1110,7 @@ impl Engine {
         let engine = self.clone();
         let run_id = run.id.clone();
         let handle = tokio::spawn(async move {
-            if let Err(err) = machine::drive(&engine, &run_id).await {
+            if let Err(err) = machine::drive(engine.as_ref(), &run_id).await {
                 tracing::error!(run = %run_id, error = %err, "run driver stopped");
             }
             engine.wake.notify_one();
@@ -1223,6 +1223,57 @@ impl Engine {
     /// Where the environments' files are.
     pub fn environments_dir(&self) -> PathBuf {
         self.root.join(ENVIRONMENTS_DIR)
+    }
+}
+
+#[async_trait::async_trait]
+impl Journal for Engine {
+    fn run(&self, id: &str) -> Result<Run> {
+        Engine::run(self, id)
+    }
+    fn loaded(&self) -> Arc<Loaded> {
+        Engine::loaded(self)
+    }
+    fn store(&self) -> &dyn Store {
+        Engine::store(self)
+    }
+    fn is_stopping(&self) -> bool {
+        Engine::is_stopping(self)
+    }
+    fn stop_receiver(&self) -> tokio::sync::watch::Receiver<bool> {
+        Engine::stop_receiver(self)
+    }
+    fn transition(&self, run: &mut Run, state: RunState, actor: &str) -> Result<()> {
+        Engine::transition(self, run, state, actor)
+    }
+    fn save(&self, run: &Run) -> Result<()> {
+        Engine::save(self, run)
+    }
+    fn event(
+        &self,
+        actor: &str,
+        action: &str,
+        environment: &str,
+        run_id: Option<&str>,
+        reason: Option<&str>,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        Engine::event(self, actor, action, environment, run_id, reason, detail)
+    }
+    fn report_drift(
+        &self,
+        event: &str,
+        run_id: Option<&str>,
+        report: &crate::drift::check::DriftReport,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        Engine::report_drift(self, event, run_id, report, detail)
+    }
+    async fn check_drift(&self, environment: &str) -> Result<crate::drift::check::DriftReport> {
+        Engine::check_drift(self, environment).await
+    }
+    async fn after_success(&self, run: &Run) -> Result<()> {
+        Engine::after_success(self, run).await
     }
 }
 

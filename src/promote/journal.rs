@@ -49,6 +49,8 @@ pub trait Journal: Send + Sync {
         report: &DriftReport,
         detail: serde_json::Value,
     ) -> Result<()>;
+    /// Compares an environment with the expected schema of what it has applied.
+    async fn check_drift(&self, environment: &str) -> Result<DriftReport>;
     /// What follows a successful run (promotions downstream).
     async fn after_success(&self, run: &Run) -> Result<()>;
 }

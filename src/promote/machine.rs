@@ -4,7 +4,7 @@
 //! name derived from the run id, applied migrations are read back from the target's history
 //! table, restores and down scripts finish what an interrupted attempt started.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use serde_json::json;
 
@@ -21,7 +21,8 @@ use crate::store::{
 };
 use crate::target;
 
-use super::engine::{Engine, Loaded, MACHINE_ACTOR};
+use super::journal::Journal;
+use super::loaded::{Loaded, MACHINE_ACTOR};
 use super::Request;
 
 /// How many earlier releases an environment's state keeps.
@@ -29,7 +30,7 @@ const HISTORY_KEPT: usize = 20;
 
 /// Drives one run until it ends, halts, or the engine stops (then it parks between steps and
 /// the next start picks it up).
-pub async fn drive(engine: &Arc<Engine>, run_id: &str) -> Result<()> {
+pub async fn drive(engine: &dyn Journal, run_id: &str) -> Result<()> {
     loop {
         if engine.is_stopping() {
             return Ok(());
@@ -54,7 +55,7 @@ pub async fn drive(engine: &Arc<Engine>, run_id: &str) -> Result<()> {
     }
 }
 
-fn halt(engine: &Engine, run: &mut Run, reason: String) -> Result<()> {
+fn halt(engine: &dyn Journal, run: &mut Run, reason: String) -> Result<()> {
     run.error = Some(reason.clone());
     engine.save(run)?;
     engine.transition(run, RunState::Halted { reason }, MACHINE_ACTOR)
@@ -90,9 +91,9 @@ fn environment<'a>(loaded: &'a Loaded, run: &Run) -> Result<&'a Environment> {
     loaded.environment(&run.environment)
 }
 
-fn release_of(engine: &Engine, run: &Run) -> Result<Release> {
+fn release_of(engine: &dyn Journal, run: &Run) -> Result<Release> {
     engine
-        .store
+        .store()
         .release(&run.release)?
         .ok_or_else(|| Error::NotFound(format!("release {} is not recorded", run.release)))
 }
@@ -105,7 +106,7 @@ fn options(run: &Run) -> ApplyOptions {
     }
 }
 
-async fn locked(engine: &Arc<Engine>, loaded: &Loaded, run: &mut Run) -> Result<()> {
+async fn locked(engine: &dyn Journal, loaded: &Loaded, run: &mut Run) -> Result<()> {
     let env = environment(loaded, run)?.clone();
     let release = release_of(engine, run)?;
     if let Err(why) = check_release_files(loaded, &release) {
@@ -187,7 +188,7 @@ async fn locked(engine: &Arc<Engine>, loaded: &Loaded, run: &mut Run) -> Result<
 /// Compares the environment with the expected schema of what it has applied, before the run
 /// changes anything. Returns why the run must stop, if it must. Whatever is found is in the
 /// event log and, when it differs, announced to the listeners (notifications).
-async fn check_drift(engine: &Arc<Engine>, run: &Run, rule: DriftRule) -> Result<Option<String>> {
+async fn check_drift(engine: &dyn Journal, run: &Run, rule: DriftRule) -> Result<Option<String>> {
     let blocking = rule == DriftRule::Block;
     match engine.check_drift(&run.environment).await {
         Ok(report) if report.is_clean() => {
@@ -335,7 +336,7 @@ fn failure_facts(err: &Error) -> String {
 }
 
 struct RunObserver<'a> {
-    engine: &'a Engine,
+    engine: &'a dyn Journal,
     run: Mutex<Run>,
     failure: Mutex<Option<Error>>,
 }
@@ -374,7 +375,7 @@ impl Observer for RunObserver<'_> {
     }
 }
 
-async fn applying(engine: &Arc<Engine>, loaded: &Loaded, run: &mut Run) -> Result<()> {
+async fn applying(engine: &dyn Journal, loaded: &Loaded, run: &mut Run) -> Result<()> {
     let env = environment(loaded, run)?.clone();
     let release = release_of(engine, run)?;
     if let Err(why) = check_release_files(loaded, &release) {
@@ -421,7 +422,7 @@ async fn applying(engine: &Arc<Engine>, loaded: &Loaded, run: &mut Run) -> Resul
 }
 
 async fn decide_after_failure(
-    engine: &Arc<Engine>,
+    engine: &dyn Journal,
     loaded: &Loaded,
     env: &Environment,
     run: &mut Run,
@@ -557,7 +558,7 @@ pub(crate) fn choose_method(
 }
 
 async fn start_rollback(
-    engine: &Arc<Engine>,
+    engine: &dyn Journal,
     loaded: &Loaded,
     run: &mut Run,
     reason: String,
@@ -584,7 +585,7 @@ async fn start_rollback(
 }
 
 async fn rolling_back(
-    engine: &Arc<Engine>,
+    engine: &dyn Journal,
     loaded: &Loaded,
     run: &mut Run,
     method: RollbackMethod,
@@ -717,7 +718,7 @@ async fn rolling_back(
 }
 
 fn set_environment_release(
-    engine: &Engine,
+    engine: &dyn Journal,
     run: &Run,
     release: Option<String>,
     head: Option<String>,
@@ -755,7 +756,7 @@ fn set_environment_release(
 }
 
 /// Runs the health checks; returns false when it parked because the engine is stopping.
-async fn verifying(engine: &Arc<Engine>, loaded: &Loaded, run: &mut Run) -> Result<bool> {
+async fn verifying(engine: &dyn Journal, loaded: &Loaded, run: &mut Run) -> Result<bool> {
     let env = environment(loaded, run)?.clone();
     let (outcome, summary) = if env.health.is_empty() {
         (
